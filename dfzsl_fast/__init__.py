@@ -1,0 +1,36 @@
+"""dfzsl_fast: fast, exact data-free generalized zero-shot learning (DFZSL) on CLIP.
+
+Importing never fails because the native extension, Triton or a GPU is missing: each op falls
+back to the next backend. `python -m dfzsl_fast` (or `dfzsl_fast.show_config()`) says which
+backends are available here and why not.
+"""
+
+from __future__ import annotations
+
+from . import _extension
+from ._backend import use_backend
+from ._extension import show_config
+from .ops.vmf import sample_vmf
+from .theory import (
+    estimate_kappa,
+    kappa_from_prototypes,
+    vmf_mean_resultant_length,
+)
+
+__all__ = [
+    "sample_vmf",
+    "vmf_mean_resultant_length",
+    "estimate_kappa",
+    "kappa_from_prototypes",
+    "use_backend",
+    "show_config",
+]
+
+# Triton kernels register their custom ops on import; optional.
+try:
+    from .triton import HAS_TRITON as _HAS_TRITON
+
+    if _HAS_TRITON:
+        from .triton import vmf as _triton_vmf  # noqa: F401
+except Exception:  # pragma: no cover - a broken triton install must not break import
+    pass

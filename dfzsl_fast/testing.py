@@ -1,0 +1,65 @@
+"""Shared helpers for tests and benchmarks: devices, backends, statistical checks.
+
+Shipped in the package (as pytorch_scatter and pyg-lib do) so that tests, benchmarks and users
+checking their own install use the same definitions.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+
+from . import _backend, theory
+
+__all__ = [
+    "DEVICES",
+    "available_backends",
+    "skip_unless_available",
+    "require_native",
+    "mean_w_zscore",
+]
+
+DEVICES = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+
+
+def require_native() -> bool:
+    """True when DFZSL_REQUIRE_NATIVE=1 (CI): a missing native kernel is then a failure."""
+    return os.environ.get("DFZSL_REQUIRE_NATIVE", "").strip() not in ("", "0")
+
+
+def backend_reasons(backend: str, device: torch.device, op: str = "vmf_sample") -> list[str]:
+    if backend == "native":
+        return _backend.native_reasons(op, device)
+    if backend == "triton":
+        return _backend.triton_reasons(device)
+    return []
+
+
+def available_backends(device: torch.device, op: str = "vmf_sample") -> list[str]:
+    return [b for b in ("native", "triton", "torch") if not backend_reasons(b, device, op)]
+
+
+def skip_unless_available(backend: str, device: torch.device, op: str = "vmf_sample") -> None:
+    """pytest.skip (or fail, for native under DFZSL_REQUIRE_NATIVE=1) when unavailable."""
+    import pytest
+
+    reasons = backend_reasons(backend, device, op)
+    if not reasons:
+        return
+    if backend == "native" and device.type == "cpu" and require_native():
+        pytest.fail("native CPU kernel required (DFZSL_REQUIRE_NATIVE=1): " + "; ".join(reasons))
+    pytest.skip(f"{backend} on {device.type}: " + "; ".join(reasons))
+
+
+def mean_w_zscore(w: torch.Tensor, d: int, kappa: float) -> float:
+    """z-score of the sample mean of w = mu^T x against A_d(kappa), with the exact variance."""
+    n = w.numel()
+    mean = float(w.double().mean())
+    expected = theory.vmf_mean_resultant_length(d, kappa)
+    var = theory.vmf_w_variance(d, kappa)
+    se = math.sqrt(var / n)
+    if se == 0.0:
+        return 0.0 if mean == expected else math.inf
+    return (mean - expected) / se
