@@ -2,7 +2,8 @@
 
 The op `dfzsl_fast::vmf_sample(mu, kappa, labels, seed, offset, mode) -> (x, w, q)` has a C++
 CPU kernel and a CUDA kernel in `_C` (same Philox streams, so the same samples on both to
-rounding), a Triton kernel (`dfzsl_fast::vmf_sample_triton`, same distribution, torch's RNG),
+rounding), a Triton kernel (`dfzsl_fast::vmf_sample_triton`: same distribution; Triton's Philox for the
+direction, torch's generator for w),
 and the pure-PyTorch reference as its "default" kernel. All share one backward formula
 (`vmf_backward`): the pathwise (reparameterised) gradient in mu with w and the Gaussian g held
 fixed. No gradient flows to kappa: differentiating through Wood's rejection step needs the
