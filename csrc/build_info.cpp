@@ -31,6 +31,11 @@ pybind11::dict build_info_dict() {
 #endif
   d["compiler"] = std::string(__VERSION__);
   d["cpu_kernels"] = pybind11::make_tuple("vmf_sample", "vmf_sample_out");
+#if DFZSL_WITH_CUDA
+  d["cuda_kernels"] = pybind11::make_tuple("vmf_sample", "vmf_sample_out");
+#else
+  d["cuda_kernels"] = pybind11::tuple();
+#endif
   return d;
 }
 
