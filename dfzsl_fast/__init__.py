@@ -10,7 +10,9 @@ from __future__ import annotations
 from . import _extension
 from ._backend import use_backend
 from ._extension import show_config
+from .ops.cosine import cosine_cross_entropy, cosine_logit_mse, cosine_logits, cosine_topk
 from .ops.vmf import sample_vmf
+from . import nn
 from .theory import (
     estimate_kappa,
     kappa_from_prototypes,
@@ -19,6 +21,11 @@ from .theory import (
 
 __all__ = [
     "sample_vmf",
+    "cosine_logits",
+    "cosine_cross_entropy",
+    "cosine_topk",
+    "cosine_logit_mse",
+    "nn",
     "vmf_mean_resultant_length",
     "estimate_kappa",
     "kappa_from_prototypes",

@@ -24,3 +24,39 @@ VMF_SAMPLE_OUT = (
 
 LIB.define(VMF_SAMPLE)
 LIB.define(VMF_SAMPLE_OUT)
+
+# ------------------------------------------------------------------------- cosine classifier ops
+# x (N, d), w (C, d): rows normalised as r / max(|r|, eps) (torch.nn.functional.normalize).
+# reduction: 0 none, 1 mean, 2 sum. compute_grad: the forward also returns the gradients of the
+# (mean/sum) loss in x and w (Liger-style; the backward scales them), else empty (0, d) tensors.
+COSINE_LOGITS = "cosine_logits(Tensor x, Tensor w, float scale, float eps) -> Tensor"
+COSINE_LOGITS_BACKWARD = (
+    "cosine_logits_backward(Tensor grad, Tensor x, Tensor w, float scale, float eps)"
+    " -> (Tensor, Tensor)"
+)
+# -> (loss () or (N,), lse (N,) of the adjusted logits, grad_x, grad_w)
+COSINE_CROSS_ENTROPY = (
+    "cosine_cross_entropy(Tensor x, Tensor w, Tensor target, Tensor? logit_adjustment,"
+    " float scale, float eps, float label_smoothing, int reduction, bool compute_grad)"
+    " -> (Tensor, Tensor, Tensor, Tensor)"
+)
+# grad_loss (N,): per-row weight of each row's loss.
+COSINE_CROSS_ENTROPY_BACKWARD = (
+    "cosine_cross_entropy_backward(Tensor grad_loss, Tensor x, Tensor w, Tensor target,"
+    " Tensor? logit_adjustment, Tensor lse, float scale, float eps, float label_smoothing)"
+    " -> (Tensor, Tensor)"
+)
+# -> (scores (N, k), indices (N, k) int64)
+COSINE_TOPK = "cosine_topk(Tensor x, Tensor w, int k, float scale, float eps) -> (Tensor, Tensor)"
+# -> (loss (), grad_x, grad_w_student)
+COSINE_LOGIT_MSE = (
+    "cosine_logit_mse(Tensor x, Tensor w_student, Tensor w_teacher, float scale_s, float scale_t,"
+    " float eps, bool compute_grad) -> (Tensor, Tensor, Tensor)"
+)
+
+LIB.define(COSINE_LOGITS)
+LIB.define(COSINE_LOGITS_BACKWARD)
+LIB.define(COSINE_CROSS_ENTROPY)
+LIB.define(COSINE_CROSS_ENTROPY_BACKWARD)
+LIB.define(COSINE_TOPK)
+LIB.define(COSINE_LOGIT_MSE)
