@@ -41,3 +41,8 @@ try:
         from .triton import vmf as _triton_vmf  # noqa: F401
 except Exception:  # pragma: no cover - a broken triton install must not break import
     pass
+try:
+    if _HAS_TRITON:
+        from .triton import cosine as _triton_cosine  # noqa: F401
+except Exception:  # pragma: no cover
+    pass

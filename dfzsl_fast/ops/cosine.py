@@ -23,7 +23,10 @@ Normalisation follows `torch.nn.functional.normalize`: r_hat = r / max(|r|, eps)
 (I - r_hat r_hat^T) / |r| when |r| >= eps and I / eps on the clamped branch.
 
 Half inputs (float16, bfloat16) are computed in float32 and returned in the input dtype.
-No native (C++/CUDA) or Triton kernels exist yet; they will register against the same schemas.
+Triton kernels of cosine_logits, cosine_cross_entropy and cosine_topk (float32/float16/bfloat16,
+top-k up to k = 16) are the custom ops `dfzsl_fast::<op>_triton` in dfzsl_fast/triton/cosine.py,
+chosen by backend="triton" (or "auto" on CUDA tensors without a native kernel); they share the
+autograd formulas below. Native kernels register against the same schemas.
 """
 
 from __future__ import annotations
@@ -518,14 +521,35 @@ def _check_adjustment(adj, C: int, x: torch.Tensor) -> torch.Tensor | None:
     return adj.contiguous()
 
 
-_NO_TRITON = {"triton": ["no Triton kernel for the cosine ops yet"]}
+_TRITON_OPS = ("cosine_logits", "cosine_cross_entropy", "cosine_topk")
+_TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _route(backend: str | None, op: str, device: torch.device) -> str:
-    """'op' (the dispatcher: native kernel if registered, else the default kernel) or 'torch'."""
+def _triton_extra(op: str, dtype: torch.dtype, k: int | None = None) -> dict:
+    """Reasons (beyond device/install) why the Triton kernel of `op` cannot serve this input."""
+    if op not in _TRITON_OPS:
+        return {"triton": [f"no Triton kernel for {op} yet"]}
+    why = []
+    if dtype not in _TRITON_DTYPES:
+        why.append(f"Triton kernels take float32, float16 or bfloat16 inputs, got {dtype}")
+    if k is not None and _backend._triton.HAS_TRITON:
+        from ..triton import cosine as _tcos
+
+        if k > _tcos.MAX_TOPK:
+            why.append(f"k = {k} exceeds the Triton top-k limit of {_tcos.MAX_TOPK}")
+    return {"triton": why}
+
+
+def _route(backend: str | None, op: str, device: torch.device, extra: dict | None = None) -> str:
+    """'op' (the dispatcher: native kernel if registered, else the default kernel), 'torch', or
+    'triton' (the custom op `dfzsl_fast::<op>_triton`)."""
     if _is_compiling():
         return "op"
-    name = _backend.resolve(backend, op, device, _NO_TRITON)
+    name = _backend.resolve(backend, op, device, extra)
+    if name == "triton":
+        from ..triton import cosine as _tcos  # noqa: F401  (registers the *_triton ops)
+
+        return "triton"
     if name == "torch" and not _backend.native_reasons(op, device):
         return "torch"  # a native kernel exists: bypass it, run the pure-PyTorch path
     return "op"
@@ -567,7 +591,7 @@ def cosine_logits(
         eps: normalisation floor: rows are divided by max(|row|, eps) as in
             `torch.nn.functional.normalize` (a zero row gives zero logits).
         backend: "auto" (default), "native", "triton" or "torch" (see `dfzsl_fast._backend`).
-            Today only the pure-PyTorch default kernel exists on every device.
+            "triton" serves float32/float16/bfloat16 (CUDA, or CPU under TRITON_INTERPRET=1).
 
     Returns:
         (N, C) logits in x's dtype.
@@ -582,10 +606,13 @@ def cosine_logits(
     _check_pair(x, w)
     scale = _check_float(scale, "scale")
     eps = _check_float(eps, "eps", low=0.0)
-    if _route(backend, "cosine_logits", x.device) == "torch":
+    route = _route(backend, "cosine_logits", x.device, _triton_extra("cosine_logits", x.dtype))
+    if route == "torch":
         return _call_torch_path(
             _cosine_logits_default, _logits_setup, _logits_backward, (x, w, scale, eps), 2
         )
+    if route == "triton":
+        return torch.ops.dfzsl_fast.cosine_logits_triton(x, w, scale, eps)
     return torch.ops.dfzsl_fast.cosine_logits(x, w, scale, eps)
 
 
@@ -640,8 +667,13 @@ def cosine_cross_entropy(
     adj = _check_adjustment(logit_adjustment, C, x)
     compute_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad)
-    if _route(backend, "cosine_cross_entropy", x.device) == "torch":
+    route = _route(
+        backend, "cosine_cross_entropy", x.device, _triton_extra("cosine_cross_entropy", x.dtype)
+    )
+    if route == "torch":
         return _call_torch_path(_cosine_cross_entropy_default, _ce_setup, _ce_backward, args, 4)[0]
+    if route == "triton":
+        return torch.ops.dfzsl_fast.cosine_cross_entropy_triton(*args)[0]
     return torch.ops.dfzsl_fast.cosine_cross_entropy(*args)[0]
 
 
@@ -680,8 +712,11 @@ def cosine_topk(
     scale = _check_float(scale, "scale")
     eps = _check_float(eps, "eps", low=0.0)
     args = (x, w, k, scale, eps)
-    if _route(backend, "cosine_topk", x.device) == "torch":
+    route = _route(backend, "cosine_topk", x.device, _triton_extra("cosine_topk", x.dtype, k))
+    if route == "torch":
         return _call_torch_path(_cosine_topk_default, _topk_setup, _topk_backward, args, 2)
+    if route == "triton":
+        return torch.ops.dfzsl_fast.cosine_topk_triton(*args)
     return torch.ops.dfzsl_fast.cosine_topk(*args)
 
 
@@ -726,6 +761,7 @@ def cosine_logit_mse(
     eps = _check_float(eps, "eps", low=0.0)
     compute_grad = torch.is_grad_enabled() and (x.requires_grad or w_student.requires_grad)
     args = (x, w_student, w_teacher.detach(), scale_s, scale_t, eps, compute_grad)
-    if _route(backend, "cosine_logit_mse", x.device) == "torch":
+    extra = _triton_extra("cosine_logit_mse", x.dtype)
+    if _route(backend, "cosine_logit_mse", x.device, extra) == "torch":
         return _call_torch_path(_cosine_logit_mse_default, _mse_setup, _mse_backward, args, 3)[0]
     return torch.ops.dfzsl_fast.cosine_logit_mse(*args)[0]
