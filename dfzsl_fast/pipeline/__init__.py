@@ -1,0 +1,45 @@
+"""The DFZSL pipeline, stage by stage (method.md sections 2 and 3).
+
+- `teacher`: `Teacher`, the black-box base classifier used as a cosine classifier.
+- `virtual` (stage 1): `fit_vmf_means`, `virtual_features`, `select_trusted`, `default_kappa`.
+- `classifier` (stage 4): `train_final_classifier`, `logit_adjustment`.
+- `icis`: `fit_icis`, `inject`, `icis_extend` (image-free classifier injection).
+
+Each stage is usable alone; every random step takes a seed.
+"""
+
+from __future__ import annotations
+
+from .classifier import logit_adjustment, train_final_classifier
+from .icis import ICIS, ICISFitInfo, fit_icis, head_targets, icis_extend, icis_loss, inject
+from .teacher import Teacher, as_teacher
+from .virtual import (
+    KeepStats,
+    VMFFitInfo,
+    default_kappa,
+    fit_vmf_means,
+    inverse_decay_lr,
+    select_trusted,
+    virtual_features,
+)
+
+__all__ = [
+    "Teacher",
+    "as_teacher",
+    "fit_vmf_means",
+    "virtual_features",
+    "select_trusted",
+    "default_kappa",
+    "inverse_decay_lr",
+    "VMFFitInfo",
+    "KeepStats",
+    "train_final_classifier",
+    "logit_adjustment",
+    "ICIS",
+    "ICISFitInfo",
+    "fit_icis",
+    "icis_loss",
+    "head_targets",
+    "inject",
+    "icis_extend",
+]

@@ -1,0 +1,75 @@
+"""A tiny progress reporter: tqdm when it is installed, else a few plain lines on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+__all__ = ["Progress"]
+
+try:  # optional dependency
+    from tqdm.auto import tqdm as _tqdm
+except Exception:  # pragma: no cover - depends on the environment
+    _tqdm = None
+
+
+class Progress:
+    """Counts `total` steps; shows a tqdm bar, or about ten plain lines on stderr without tqdm.
+
+    Args:
+        total: number of steps expected (>= 0).
+        desc: short label printed in front of the bar.
+        enabled: False makes every method a no-op.
+
+    Example:
+        >>> with Progress(100, "fit") as bar:
+        ...     for step in range(100):
+        ...         bar.update(loss=0.1)
+    """
+
+    def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
+        self.total = max(int(total), 0)
+        self.desc = desc
+        self.enabled = bool(enabled)
+        self.n = 0
+        self._bar = None
+        self._every = max(1, self.total // 10)
+        self._next = self._every
+        self._t0 = time.perf_counter()
+        if self.enabled and _tqdm is not None:
+            self._bar = _tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        """Advance by `n` steps; `postfix` values (e.g. loss=...) are shown beside the bar."""
+        if not self.enabled:
+            return
+        self.n += n
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
+            self._bar.update(n)
+        elif self.n >= self._next or self.n == self.total:
+            self._next = (self.n // self._every + 1) * self._every
+            extra = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
+            dt = time.perf_counter() - self._t0
+            print(
+                f"{self.desc}: {self.n}/{self.total} [{dt:.1f}s] {extra}".rstrip(), file=sys.stderr
+            )
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,241 @@
+"""Stage 4 of DFZSL: the final cosine classifier over base + new classes (method.md 2.6).
+
+Learnable cosine prototypes P (C_all, d), initialised from the normalised (tuned) text features
+of all classes, logits = 100 * cos(x, P), trained on virtual seen + synthesised unseen features
+with a logit-adjusted cross-entropy in training only:
+
+    loss = CE(100 cos(x, P) + log p(y) + log p0(group(y)), y)
+
+p(y) is a seen class's empirical frequency among the seen training samples, 1 / C_u for an
+unseen class; p0(seen) = ratio / (1 + ratio), p0(unseen) = 1 - p0(seen) (ratio = 1: 0.5 / 0.5).
+At test time: plain argmax (`CosineClassifier.predict`), no bias, no calibrated stacking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..nn import CosineClassifier
+from ..ops.cosine import cosine_cross_entropy
+from ._progress import Progress
+
+__all__ = ["logit_adjustment", "train_final_classifier"]
+
+
+def _index_tensor(v, name: str, C: int) -> torch.Tensor:
+    t = torch.as_tensor(v)
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:
+        raise TypeError(f"{name}: expected a 1-D sequence of integer class indices")
+    t = t.to(torch.int64).cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
+        raise ValueError(
+            f"{name}: class indices must lie in [0, {C}), got range "
+            f"[{int(t.min())}, {int(t.max())}]"
+        )
+    if t.unique().numel() != t.numel():
+        raise ValueError(f"{name}: contains duplicate class indices")
+    return t
+
+
+def _groups(seen_classes, unseen_classes, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    seen = _index_tensor(seen_classes, "seen_classes", C)
+    unseen = _index_tensor(unseen_classes, "unseen_classes", C)
+    if seen.numel() == 0:
+        raise ValueError("seen_classes: expected at least one seen class")
+    both = torch.cat([seen, unseen])
+    if both.unique().numel() != both.numel():
+        raise ValueError("seen_classes and unseen_classes overlap")
+    if both.numel() != C:
+        missing = sorted(set(range(C)) - set(both.tolist()))[:10]
+        raise ValueError(
+            f"seen_classes and unseen_classes must cover all {C} classes (rows of "
+            f"init_weights); missing e.g. {missing}"
+        )
+    return seen, unseen
+
+
+def logit_adjustment(
+    labels: torch.Tensor,
+    seen_classes: Sequence[int] | torch.Tensor,
+    unseen_classes: Sequence[int] | torch.Tensor,
+    num_classes: int,
+    ratio: float = 1.0,
+) -> torch.Tensor:
+    """DFZSL's training-time prior: log p(y) + log p0(group(y)) for every class.
+
+    Args:
+        labels: (N,) int64 training labels in [0, num_classes).
+        seen_classes, unseen_classes: disjoint class indices covering [0, num_classes).
+        num_classes: C_all.
+        ratio: seen:unseen prior ratio; p0(seen) = ratio / (1 + ratio) = 1 / (1 + 1/ratio).
+
+    Returns:
+        (C_all,) float64 adjustment (CPU). p(y) for a seen class is its frequency among the
+        seen training samples; for an unseen class 1 / C_u.
+
+    Raises:
+        ValueError: a seen class without training samples (log 0), bad indices or ratio.
+
+    Example:
+        >>> logit_adjustment(torch.tensor([0, 0, 1]), [0, 1], [2], 3)
+        tensor([-1.0986, -1.7918, -0.6931], dtype=torch.float64)
+    """
+    C = int(num_classes)
+    seen, unseen = _groups(seen_classes, unseen_classes, C)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f"ratio: expected a number, got {type(ratio).__name__}")
+    ratio = float(ratio)
+    if not math.isfinite(ratio) or ratio <= 0:
+        raise ValueError(f"ratio: expected a finite number > 0, got {ratio}")
+    y = torch.as_tensor(labels).cpu()
+    if y.dtype != torch.int64 or y.dim() != 1:
+        raise TypeError("labels: expected an (N,) int64 tensor")
+    counts = torch.bincount(y, minlength=C).double()
+    seen_counts = counts[seen]
+    if bool((seen_counts == 0).any()):
+        c = int(seen[(seen_counts == 0).nonzero()[0, 0]])
+        raise ValueError(
+            f"labels: seen class {c} has no training samples, so its prior log p(y) is -inf"
+        )
+    p = torch.zeros(C, dtype=torch.float64)
+    p[seen] = seen_counts / seen_counts.sum()
+    if unseen.numel():
+        p[unseen] = 1.0 / unseen.numel()
+    p0_seen = 1.0 / (1.0 + 1.0 / ratio)
+    p0 = torch.full((C,), p0_seen, dtype=torch.float64)
+    p0[unseen] = 1.0 - p0_seen
+    return p.log() + p0.log()
+
+
+def train_final_classifier(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    init_weights: torch.Tensor,
+    seen_classes: Sequence[int] | torch.Tensor,
+    unseen_classes: Sequence[int] | torch.Tensor,
+    *,
+    scale: float = 100.0,
+    epochs: int = 100,
+    batch_size: int = 1800,
+    lr: float = 5e-5,
+    betas: tuple[float, float] = (0.5, 0.999),
+    ratio: float = 1.0,
+    adjust_logits: bool = True,
+    seed: int = 0,
+    progress: bool = True,
+    callback: Callable[[int, CosineClassifier, float], None] | None = None,
+    backend: str | None = None,
+) -> CosineClassifier:
+    """Train DFZSL's final cosine classifier (learnable prototypes, scale 100, adjusted CE).
+
+    Args:
+        features: (N, d) float training features (virtual seen + synthesised unseen).
+        labels: (N,) int64 labels in [0, C_all).
+        init_weights: (C_all, d) initial prototypes (the tuned text features of all classes);
+            normalised before training, as the reference does.
+        seen_classes, unseen_classes: disjoint index lists covering [0, C_all).
+        scale: logit scale (100 = 1 / 0.01 in the reference).
+        epochs: passes over the data (reference: 100, retrained after each GAN epoch).
+        batch_size: mini-batch size (reference: syn_num, 1800 on AWA2).
+        lr, betas: Adam (reference: classifier_lr 5e-5, beta1 0.5).
+        ratio: seen:unseen group prior ratio of the adjustment (1.0).
+        adjust_logits: add `logit_adjustment(...)` to the logits in the training loss.
+        seed: seeds the shuffling (a private generator; the global RNG is untouched).
+        progress: progress bar over epochs.
+        callback: called as callback(epoch, head, mean_epoch_loss) after each epoch, e.g. to
+            evaluate on a held-out split (model selection stays the caller's choice; the
+            returned head is the last epoch's).
+        backend: backend of the fused cosine ops.
+
+    Returns:
+        A learnable `CosineClassifier` (C_all classes, the given scale) after the last epoch.
+        Use `head.predict(x)` (plain argmax) at test time.
+
+    Differentiable: the returned head is; training itself is not part of a graph.
+
+    Example:
+        >>> head = train_final_classifier(x, y, text_all, seen, unseen, epochs=100, batch_size=1800)
+        >>> pred = head.predict(x_test)
+    """
+    if (
+        not isinstance(features, torch.Tensor)
+        or not features.is_floating_point()
+        or features.dim() != 2
+    ):
+        raise TypeError("features: expected an (N, d) floating-point tensor")
+    if (
+        not isinstance(init_weights, torch.Tensor)
+        or not init_weights.is_floating_point()
+        or init_weights.dim() != 2
+    ):
+        raise TypeError("init_weights: expected a (C_all, d) floating-point tensor")
+    N, d = features.shape
+    C = init_weights.shape[0]
+    if init_weights.shape[1] != d:
+        raise ValueError(
+            f"init_weights: width {init_weights.shape[1]} does not match the features' width {d}"
+        )
+    if N == 0:
+        raise ValueError("features: no training samples")
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (N,):
+        raise TypeError(f"labels: expected an ({N},) int64 tensor")
+    if int(labels.min()) < 0 or int(labels.max()) >= C:
+        raise ValueError(f"labels: expected class indices in [0, {C})")
+    if not bool(torch.isfinite(init_weights).all()):
+        raise ValueError("init_weights: contains NaN or Inf")
+    if bool((init_weights == 0).all(dim=1).any()):
+        raise ValueError("init_weights: has an all-zero row")
+    if not bool(torch.isfinite(features).all()):
+        raise ValueError("features: contains NaN or Inf")
+    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+
+    seen, unseen = _groups(seen_classes, unseen_classes, C)
+    dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
+    device = features.device
+    x_all = features.detach().to(dtype)
+    y_all = labels.detach().to(device)
+    adj = None
+    if adjust_logits:
+        adj = logit_adjustment(y_all, seen, unseen, C, ratio).to(device=device, dtype=dtype)
+
+    head = CosineClassifier(
+        F.normalize(init_weights.detach().to(device=device, dtype=dtype), dim=1),
+        scale,
+        learnable=True,
+        backend=backend,
+    )
+    opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas))
+    gen = torch.Generator().manual_seed(int(seed))
+    with Progress(epochs, "dfzsl stage 4: final classifier", enabled=progress) as bar:
+        for epoch in range(epochs):
+            perm = torch.randperm(N, generator=gen).to(device)
+            total = torch.zeros((), dtype=torch.float64, device=device)
+            nb = 0
+            for s in range(0, N, batch_size):
+                idx = perm[s : s + batch_size]
+                loss = cosine_cross_entropy(
+                    x_all[idx],
+                    head.weight,
+                    y_all[idx],
+                    head.scale,
+                    logit_adjustment=adj,
+                    backend=backend,
+                )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+                nb += 1
+            mean_loss = float(total) / nb
+            bar.update(loss=mean_loss)
+            if callback is not None:
+                callback(epoch, head, mean_loss)
+    return head
