@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import dfzsl_fast
-from dfzsl_fast import _backend
+from dfzsl_fast import _backend, _extension, testing
 from dfzsl_fast.nn import CosineClassifier
 from dfzsl_fast.ops import cosine as ops
 from dfzsl_fast.reference import cosine as ref
@@ -172,16 +172,22 @@ def test_gradcheck_all_ops():
     wt = torch.randn(4, 5, dtype=torch.float64)
     adj = torch.randn(4, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda a, b: dfzsl_fast.cosine_logits(a[1:], b, 3.0), (x, w))
+    # The first backward of a mean/sum loss hands over the gradients the forward computed; a
+    # repeated backward (retain_graph, as gradcheck's reentrancy check does) recomputes them, equal
+    # up to float64 rounding: hence nondet_tol at rounding level.
     for red in ("mean", "sum", "none"):
         assert torch.autograd.gradcheck(
             lambda a, b, red=red: dfzsl_fast.cosine_cross_entropy(a[1:], b, t[1:], 3.0, adj, red, 0.1),
             (x, w),
+            nondet_tol=1e-12,
         )
     assert torch.autograd.gradcheck(lambda a, b: dfzsl_fast.cosine_topk(a[1:], b, 2, 3.0)[0], (x, w))
     # MSE: the teacher logits are detached, which finite differences in x cannot see, so
     # gradcheck in w_student only (x's gradient is checked against the reference above).
     xd = x.detach()
-    assert torch.autograd.gradcheck(lambda b: dfzsl_fast.cosine_logit_mse(xd, b, wt, 2.0, 3.0), (w,))
+    assert torch.autograd.gradcheck(
+        lambda b: dfzsl_fast.cosine_logit_mse(xd, b, wt, 2.0, 3.0), (w,), nondet_tol=1e-12
+    )
     # the eps-clamped row: d/dx (x / eps) = I / eps, compared with F.normalize's autograd
     xs = torch.full((1, 5), 1e-14, dtype=torch.float64, requires_grad=True)
     g = torch.randn(1, 4, dtype=torch.float64)
@@ -236,19 +242,23 @@ def test_compile_smoke():
 
 # ------------------------------------------------------------------------- no materialisation
 def test_chunking_gives_identical_results_and_is_used(monkeypatch):
+    # The chunk hook belongs to the pure-PyTorch default kernels: force them even where native
+    # kernels are registered (the backward ops still go through the dispatcher, see below).
+    native_ce_backward = not _backend.native_reasons("cosine_cross_entropy_backward", torch.device("cpu"))
     x, w, t = make(50, 7, 9)
     wt = torch.randn(7, 9, dtype=torch.float64)
     adj = torch.randn(7, dtype=torch.float64)
 
     def run_all():
         out = []
-        for red in ("mean", "none"):
-            loss = dfzsl_fast.cosine_cross_entropy(x, w, t, 5.0, adj, red, 0.1)
-            out += [loss, *torch.autograd.grad(loss, (x, w), torch.ones_like(loss))]
-        s, i = dfzsl_fast.cosine_topk(x, w, 2, 5.0)
-        out += [s, i]
-        m = dfzsl_fast.cosine_logit_mse(x, w, wt, 5.0, 2.0)
-        out += [m, *torch.autograd.grad(m, (x, w))]
+        with _backend.use_backend("torch"):
+            for red in ("mean", "none"):
+                loss = dfzsl_fast.cosine_cross_entropy(x, w, t, 5.0, adj, red, 0.1)
+                out += [loss, *torch.autograd.grad(loss, (x, w), torch.ones_like(loss))]
+            s, i = dfzsl_fast.cosine_topk(x, w, 2, 5.0)
+            out += [s, i]
+            m = dfzsl_fast.cosine_logit_mse(x, w, wt, 5.0, 2.0)
+            out += [m, *torch.autograd.grad(m, (x, w))]
         return out
 
     calls = []
@@ -266,7 +276,8 @@ def test_chunking_gives_identical_results_and_is_used(monkeypatch):
         assert b - a <= 8
         per_op[op] = per_op.get(op, 0) + 1
     assert per_op["cosine_cross_entropy"] == 2 * 7  # mean and none, 7 chunks each
-    assert per_op["cosine_cross_entropy_backward"] == 7  # reduction none recomputes
+    # reduction none recomputes in the backward op (the native one when registered: no chunks)
+    assert per_op.get("cosine_cross_entropy_backward", 0) == (0 if native_ce_backward else 7)
     assert per_op["cosine_topk"] == 7 and per_op["cosine_logit_mse"] == 7
 
 
@@ -379,3 +390,341 @@ def test_cosine_classifier():
     zero_bias = torch.nn.Linear(8, 3)
     torch.nn.init.zeros_(zero_bias.bias)
     assert CosineClassifier.from_linear(zero_bias, scale=5.0).scale == 5.0
+
+
+# ------------------------------------------------------------------- native CPU kernels vs default
+CPU = torch.device("cpu")
+COSINE_OPS = (
+    "cosine_logits",
+    "cosine_logits_backward",
+    "cosine_cross_entropy",
+    "cosine_cross_entropy_backward",
+    "cosine_topk",
+    "cosine_logit_mse",
+)
+BACKENDS = ["native", "torch"]
+# N in {0, 1, 7, 129} x C in {1, 3, 1000} x d in {1, 5, 512}
+ODD_SHAPES = [(N, C, d) for N in (0, 1, 7, 129) for C in (1, 3, 1000) for d in (1, 5, 512)]
+
+
+def need(backend, op="cosine_cross_entropy"):
+    if backend == "native":
+        testing.skip_unless_available("native", CPU, op=op)
+
+
+def test_native_cosine_kernels_registered_and_routed():
+    need("native")
+    for op in COSINE_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dfzsl_fast::{op}", "CPU"), op
+        assert op in _extension.build_info()["cpu_kernels"], op
+        assert _backend.resolve(None, op, CPU) == "native"
+
+
+def test_native_path_never_runs_the_default_kernels(monkeypatch):
+    # The default kernels report every row chunk to ops._chunk_hook; the native ones never do.
+    need("native")
+    calls = []
+    monkeypatch.setattr(ops, "_chunk_hook", lambda op, a, b: calls.append(op))
+    x, w, t = make(40, 6, 8)
+    wt = torch.randn(6, 8, dtype=torch.float64)
+    for backend in ("native", None):  # explicit, and "auto"
+        for red in ("mean", "none"):
+            loss = dfzsl_fast.cosine_cross_entropy(x, w, t, 3.0, None, red, 0.1, backend=backend)
+            torch.autograd.grad(loss, (x, w), torch.ones_like(loss))
+        dfzsl_fast.cosine_logits(x, w, 2.0, backend=backend).sum().backward()
+        dfzsl_fast.cosine_topk(x, w, 2, backend=backend)
+        m = dfzsl_fast.cosine_logit_mse(x, w, wt, 2.0, 3.0, backend=backend)
+        torch.autograd.grad(m, (x, w))
+    assert calls == []
+    dfzsl_fast.cosine_cross_entropy(x, w, t, 3.0, backend="torch")
+    assert calls  # the hook itself works
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
+def test_cross_entropy_odd_sizes(shape, backend):
+    need(backend)
+    N, C, d = shape
+    x, w, t = make(N, C, d, zero_rows=True)
+    adj = torch.randn(C, dtype=torch.float64)
+    for red in ("mean", "sum", "none"):
+        out = dfzsl_fast.cosine_cross_entropy(x, w, t, 6.0, adj, red, 0.15, backend=backend)
+        r = ref.cosine_cross_entropy(x, w, t, 6.0, adj, red, 0.15)
+        assert out.shape == r.shape and out.dtype == r.dtype
+        close(out, r, torch.float64)
+        if N == 0 and red == "mean":
+            assert torch.isnan(out)
+            continue
+        (gx, gw), g = grads(out, (x, w))
+        (rx, rw), _ = grads(r, (x, w), g)
+        # the clamped rows' gradients are (P @ ws) / eps: rounding amplified by 1e12, ~1e6 in size
+        torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-10)
+        close(gw, rw, torch.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=str)
+def test_logits_topk_mse_odd_sizes(shape, backend):
+    need(backend, "cosine_logits")
+    N, C, d = shape
+    x, w, _ = make(N, C, d, zero_rows=True)
+    out = dfzsl_fast.cosine_logits(x, w, 4.0, backend=backend)
+    r = ref.cosine_logits(x, w, 4.0)
+    close(out, r, torch.float64)
+    (gx, gw), g = grads(out, (x, w))
+    (rx, rw), _ = grads(r, (x, w), g)
+    torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-10)
+    close(gw, rw, torch.float64)
+
+    k = min(C, 3)
+    s, i = dfzsl_fast.cosine_topk(x, w, k, 4.0, backend=backend)
+    rs, ri = ref.cosine_topk(x, w, k, 4.0)
+    close(s, rs, torch.float64)
+    assert s.shape == (N, k) and i.shape == (N, k) and i.dtype == torch.int64
+    # zero rows tie every class: compare the scores the indices point at, not the order
+    close(r.gather(1, i), s, torch.float64)
+
+    wt = torch.randn(C, d, dtype=torch.float64)
+    m = dfzsl_fast.cosine_logit_mse(x, w, wt, 3.0, 5.0, backend=backend)
+    rm = ref.cosine_logit_mse(x, w, wt, 3.0, 5.0)
+    close(m, rm, torch.float64)
+    if N:
+        (gx, gw), g = grads(m, (x, w))
+        (rx, rw), _ = grads(rm, (x, w), g)
+        torch.testing.assert_close(gx, rx, rtol=1e-8, atol=1e-10)
+        close(gw, rw, torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+@pytest.mark.parametrize("adjust", [False, True], ids=["noadj", "adj"])
+@pytest.mark.parametrize("reduction", [0, 1, 2], ids=["none", "mean", "sum"])
+def test_native_cross_entropy_op_matches_default_kernel(reduction, adjust, ls, dtype):
+    # The op itself (both compute_grad values, every output) against the default kernel.
+    need("native")
+    x, w, t = make(300, 37, 24, dtype=dtype, zero_rows=True, grad=False)
+    adj = torch.randn(37, dtype=dtype) * 2 if adjust else None
+    tol = TOL[dtype]
+    for cg in (False, True):
+        args = (x, w, t, adj, 9.0, 1e-12, ls, reduction, cg)
+        got = torch.ops.dfzsl_fast.cosine_cross_entropy(*args)
+        exp = ops._cosine_cross_entropy_default(*args)
+        for a, b in zip(got, exp):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            torch.testing.assert_close(a, b, **tol, equal_nan=True)
+    g = torch.rand(300, dtype=dtype)
+    lse = ops._cosine_cross_entropy_default(x, w, t, adj, 9.0, 1e-12, ls, 0, False)[1]
+    bargs = (g, x, w, t, adj, lse, 9.0, 1e-12, ls)
+    for a, b in zip(
+        torch.ops.dfzsl_fast.cosine_cross_entropy_backward(*bargs),
+        ops._cosine_cross_entropy_backward_default(*bargs),
+    ):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_native_forward_grads_equal_backward_op():
+    # compute_grad=True (gradients in the forward) and the backward op give the same gradients.
+    need("native")
+    x, w, t = make(257, 19, 33, grad=False)
+    adj = torch.randn(19, dtype=torch.float64)
+    for red, rows in ((1, torch.full((257,), 1 / 257, dtype=torch.float64)), (2, torch.ones(257, dtype=torch.float64))):
+        _, lse, gx, gw = torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, adj, 5.0, 1e-12, 0.2, red, True)
+        bx, bw = torch.ops.dfzsl_fast.cosine_cross_entropy_backward(rows, x, w, t, adj, lse, 5.0, 1e-12, 0.2)
+        torch.testing.assert_close(gx, bx, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(gw, bw, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_native_half_inputs_match_default_kernels(dtype):
+    need("native")
+    x, w, t = make(70, 9, 16, dtype=dtype, grad=False)
+    wt = torch.randn(9, 16, dtype=dtype)
+    adj = torch.randn(9, dtype=torch.float32)
+    tol = dict(rtol=1e-2, atol=1e-2)
+    pairs = [
+        (torch.ops.dfzsl_fast.cosine_logits(x, w, 3.0, 1e-12), ops._cosine_logits_default(x, w, 3.0, 1e-12)),
+        (
+            torch.ops.dfzsl_fast.cosine_logits_backward(torch.randn(70, 9).to(dtype), x, w, 3.0, 1e-12),
+            None,
+        ),
+        (
+            torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, adj, 3.0, 1e-12, 0.1, 1, True),
+            ops._cosine_cross_entropy_default(x, w, t, adj, 3.0, 1e-12, 0.1, 1, True),
+        ),
+        (torch.ops.dfzsl_fast.cosine_topk(x, w, 3, 3.0, 1e-12)[0], ops._cosine_topk_default(x, w, 3, 3.0, 1e-12)[0]),
+        (
+            torch.ops.dfzsl_fast.cosine_logit_mse(x, w, wt, 3.0, 2.0, 1e-12, True),
+            ops._cosine_logit_mse_default(x, w, wt, 3.0, 2.0, 1e-12, True),
+        ),
+    ]
+    g = torch.randn(70, 9).to(dtype)
+    pairs[1] = (
+        torch.ops.dfzsl_fast.cosine_logits_backward(g, x, w, 3.0, 1e-12),
+        ops._cosine_logits_backward_default(g, x, w, 3.0, 1e-12),
+    )
+    for got, exp in pairs:
+        got = got if isinstance(got, (tuple, list)) else (got,)
+        exp = exp if isinstance(exp, (tuple, list)) else (exp,)
+        for a, b in zip(got, exp):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            torch.testing.assert_close(a.float(), b.float(), **tol)
+
+
+@pytest.mark.parametrize("C,k", [(5, 1), (5, 3), (5, 5), (200, 1), (200, 3), (200, 4), (200, 200)])
+def test_native_topk_ties_like_torch_topk(C, k):
+    # Zero rows tie all classes, duplicated class weights tie pairs: the native kernel selects with
+    # torch.topk's own algorithm, so even the tie order matches the default kernel.
+    need("native", "cosine_topk")
+    x, w, _ = make(40, C, 8, grad=False)
+    x[::3] = 0.0
+    w[1::2] = w[0::2][: C // 2]  # class 2j+1 duplicates class 2j
+    s, i = torch.ops.dfzsl_fast.cosine_topk(x, w, k, 2.0, 1e-12)
+    rs, ri = ops._cosine_topk_default(x, w, k, 2.0, 1e-12)
+    torch.testing.assert_close(s, rs, rtol=1e-12, atol=1e-12)
+    assert torch.equal(i[::3], ri[::3])  # exact zero logits: exactly torch's tie order
+    torch.testing.assert_close(ref.cosine_logits(x, w, 2.0).gather(1, i), s, rtol=1e-12, atol=1e-12)
+
+
+def test_native_topk_nan_is_largest():
+    need("native", "cosine_topk")
+    x, w, _ = make(4, 6, 3, grad=False)
+    x[2, 0] = float("nan")
+    s, i = torch.ops.dfzsl_fast.cosine_topk(x, w, 2, 1.0, 1e-12)
+    rs, ri = ops._cosine_topk_default(x, w, 2, 1.0, 1e-12)
+    torch.testing.assert_close(s, rs, equal_nan=True)
+    assert torch.isnan(s[2]).all()
+
+
+@pytest.mark.parametrize("tile_rows", ["1", "5", "64"])
+def test_native_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows):
+    need("native")
+    x, w, t = make(203, 11, 7, grad=False)
+    wt = torch.randn(11, 7, dtype=torch.float64)
+    adj = torch.randn(11, dtype=torch.float64)
+
+    def run_all():
+        return [
+            *torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, adj, 4.0, 1e-12, 0.1, 1, True),
+            *torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, adj, 4.0, 1e-12, 0.1, 0, False)[:2],
+            *torch.ops.dfzsl_fast.cosine_topk(x, w, 3, 4.0, 1e-12),
+            *torch.ops.dfzsl_fast.cosine_logit_mse(x, w, wt, 4.0, 2.0, 1e-12, True),
+            torch.ops.dfzsl_fast.cosine_logits(x, w, 4.0, 1e-12),
+            *torch.ops.dfzsl_fast.cosine_logits_backward(torch.ones(203, 11, dtype=torch.float64), x, w, 4.0, 1e-12),
+        ]
+
+    base = run_all()
+    monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            for a, b in zip(run_all(), base):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_per_backend(backend):
+    need(backend)
+    # No zero / tiny rows here: finite differences of size 1e-6 would cross |x| = eps, where the
+    # map is not differentiable (the clamped branch is checked against F.normalize's autograd in
+    # test_gradcheck_all_ops and the odd-size tests).
+    x, w, t = make(9, 4, 5)
+    wt = torch.randn(4, 5, dtype=torch.float64)
+    adj = torch.randn(4, dtype=torch.float64)
+    b = backend
+    assert torch.autograd.gradcheck(lambda a, c: dfzsl_fast.cosine_logits(a, c, 3.0, backend=b), (x, w))
+    for red in ("mean", "sum", "none"):
+        for ls in (0.0, 0.25):
+            assert torch.autograd.gradcheck(
+                lambda a, c, red=red, ls=ls: dfzsl_fast.cosine_cross_entropy(
+                    a, c, t, 3.0, adj, red, ls, backend=b
+                ),
+                (x, w),
+                nondet_tol=1e-12,  # repeated backward recomputes (see test_gradcheck_all_ops)
+            )
+    assert torch.autograd.gradcheck(lambda a, c: dfzsl_fast.cosine_topk(a, c, 2, 3.0, backend=b)[0], (x, w))
+    xd = x.detach()
+    assert torch.autograd.gradcheck(
+        lambda c: dfzsl_fast.cosine_logit_mse(xd, c, wt, 2.0, 3.0, backend=b), (w,), nondet_tol=1e-12
+    )
+    # second-order is not supported (the backward ops are not differentiable): first order only
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("N", [0, 1, 13])
+def test_opcheck_native(N, dtype):
+    need("native")
+    x, w, t = make(N, 5, 7, dtype=dtype, grad=True)
+    wt = torch.randn(5, 7, dtype=dtype)
+    adj = torch.randn(5, dtype=dtype)
+    o = torch.ops.dfzsl_fast
+    torch.library.opcheck(o.cosine_logits.default, (x, w, 2.0, 1e-12))
+    # N = 0: the mean loss and the MSE are NaN, which opcheck's comparisons do not accept
+    for red in (0, 2) if N == 0 else (0, 1, 2):
+        for cg in (False, True):
+            torch.library.opcheck(o.cosine_cross_entropy.default, (x, w, t, adj, 2.0, 1e-12, 0.1, red, cg))
+            torch.library.opcheck(o.cosine_cross_entropy.default, (x, w, t, None, 2.0, 1e-12, 0.0, red, cg))
+    torch.library.opcheck(o.cosine_topk.default, (x, w, 3, 2.0, 1e-12))
+    for cg in (False, True) if N else ():
+        torch.library.opcheck(o.cosine_logit_mse.default, (x, w, wt, 2.0, 3.0, 1e-12, cg))
+    xd, wd = x.detach(), w.detach()
+    torch.library.opcheck(o.cosine_logits_backward.default, (torch.randn(N, 5, dtype=dtype), xd, wd, 2.0, 1e-12))
+    lse = torch.logsumexp(ref.cosine_logits(xd, wd, 2.0) + adj, 1)
+    torch.library.opcheck(
+        o.cosine_cross_entropy_backward.default,
+        (torch.randn(N, dtype=dtype), xd, wd, t, adj, lse, 2.0, 1e-12, 0.1),
+    )
+
+
+def test_native_bad_inputs_raise():
+    need("native")
+    x, w, t = make(5, 3, 4, grad=False)
+    o = torch.ops.dfzsl_fast
+    with pytest.raises(RuntimeError, match="cosine_cross_entropy: expected target in"):
+        o.cosine_cross_entropy(x, w, torch.tensor([0, 1, 3, 0, 0]), None, 1.0, 1e-12, 0.0, 1, True)
+    with pytest.raises(RuntimeError, match="cosine_cross_entropy: expected reduction"):
+        o.cosine_cross_entropy(x, w, t, None, 1.0, 1e-12, 0.0, 3, True)
+    with pytest.raises(RuntimeError, match="cosine_logits: expected x and w with the same feature"):
+        o.cosine_logits(x, torch.randn(3, 5, dtype=torch.float64), 1.0, 1e-12)
+    with pytest.raises(RuntimeError, match="cosine_topk: expected 1 <= k <= C"):
+        o.cosine_topk(x, w, 4, 1.0, 1e-12)
+    with pytest.raises(RuntimeError, match="cosine_cross_entropy_backward: expected lse"):
+        o.cosine_cross_entropy_backward(torch.ones(5, dtype=torch.float64), x, w, t, None,
+                                        torch.ones(4, dtype=torch.float64), 1.0, 1e-12, 0.0)
+    with pytest.raises(RuntimeError, match="cosine_logit_mse: expected w_student and w_teacher"):
+        o.cosine_logit_mse(x, w, torch.randn(2, 4, dtype=torch.float64), 1.0, 1.0, 1e-12, False)
+
+
+def test_native_extreme_logits_stay_finite():
+    # scale 1000 (logits far outside exp's range before the max shift) and -inf adjustments
+    need("native")
+    x, w, t = make(33, 6, 5, grad=False)
+    adj = torch.zeros(6, dtype=torch.float64)
+    adj[5] = float("-inf")
+    t = t.clamp(max=4)
+    for dtype in (torch.float32, torch.float64):
+        args = (x.to(dtype), w.to(dtype), t, adj.to(dtype), 1000.0, 1e-12, 0.0, 1, True)
+        got = torch.ops.dfzsl_fast.cosine_cross_entropy(*args)
+        exp = ops._cosine_cross_entropy_default(*args)
+        for a, b in zip(got, exp):
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("op", ["ce", "mse"])
+def test_repeated_backward_recomputes_precomputed_gradients(op):
+    # retain_graph: the first backward consumes the forward's gradients, the second recomputes
+    x, w, t = make(9, 5, 7)
+    wt = torch.randn(5, 7, dtype=torch.float64)
+    if op == "ce":
+        loss = dfzsl_fast.cosine_cross_entropy(x, w, t, 4.0)
+    else:
+        loss = dfzsl_fast.cosine_logit_mse(x, w, wt, 2.0, 3.0)
+    g1 = torch.autograd.grad(loss, (x, w), retain_graph=True)
+    g2 = torch.autograd.grad(loss, (x, w), retain_graph=True)
+    g3 = torch.autograd.grad(2.0 * loss, (x, w))
+    for a, b, c in zip(g1, g2, g3):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(2.0 * a, c, rtol=1e-12, atol=1e-14)

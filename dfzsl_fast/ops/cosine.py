@@ -243,24 +243,50 @@ def _cosine_cross_entropy_backward_default(
     return grad_x.to(x.dtype), grad_w.to(w.dtype)
 
 
+def _hold_precomputed(ctx, *grads) -> None:
+    # The forward already computed the gradients (compute_grad=True). They are kept on ctx, not
+    # in save_for_backward, so that the first backward can hand them to autograd without a copy
+    # (autograd steals a gradient tensor nobody else references) and drop them right away.
+    ctx.precomputed_grads = grads
+    # Without this, autograd would allocate zero (N, d) gradients for the unused outputs.
+    ctx.set_materialize_grads(False)
+
+
+def _take_precomputed(ctx, g_loss):
+    """Scaled precomputed gradients on the first backward; None afterwards (then recompute)."""
+    grads = getattr(ctx, "precomputed_grads", None)
+    if grads is None:
+        return None
+    ctx.precomputed_grads = None
+    # The usual loss.backward() on CPU: no copy at all. (Only for plain tensors: a traced or
+    # fake g_loss has no value to compare, and on CUDA the comparison would synchronise.)
+    if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and bool(g_loss == 1):
+        return grads
+    return tuple(g * g_loss for g in grads)
+
+
 def _ce_setup(ctx, inputs, output):
     x, w, target, adj, scale, eps, ls, reduction, compute_grad = inputs
     loss, lse, grad_x, grad_w = output
-    ctx.precomputed = bool(compute_grad) and reduction != 0
     ctx.reduction = reduction
     ctx.scale, ctx.eps, ctx.ls = scale, eps, ls
     ctx.has_adj = adj is not None
-    if ctx.precomputed:
-        ctx.save_for_backward(grad_x, grad_w)
+    if bool(compute_grad) and reduction != 0:
+        _hold_precomputed(ctx, grad_x, grad_w)
     else:
-        ctx.save_for_backward(x, w, target, adj if adj is not None else x.new_empty(0), lse)
+        ctx.set_materialize_grads(False)
+    # Inputs cost nothing to save; they serve a second backward (retain_graph) or compute_grad=False.
+    ctx.save_for_backward(x, w, target, adj if adj is not None else x.new_empty(0), lse)
     ctx.mark_non_differentiable(lse, grad_x, grad_w)
 
 
 def _ce_backward(ctx, g_loss, g_lse, g_gx, g_gw):
-    if ctx.precomputed:
-        grad_x, grad_w = ctx.saved_tensors
-        gx, gw = grad_x * g_loss, grad_w * g_loss
+    none = (None,) * 9
+    if g_loss is None:
+        return none
+    pre = _take_precomputed(ctx, g_loss)
+    if pre is not None:
+        gx, gw = pre
     else:
         x, w, target, adj, lse = ctx.saved_tensors
         N = x.shape[0]
@@ -277,8 +303,7 @@ def _ce_backward(ctx, g_loss, g_lse, g_gx, g_gw):
     return (
         gx if ctx.needs_input_grad[0] else None,
         gw if ctx.needs_input_grad[1] else None,
-        None, None, None, None, None, None, None,
-    )
+    ) + none[2:]
 
 
 torch.library.register_autograd(
@@ -391,19 +416,21 @@ def _cosine_logit_mse_default(x, w_student, w_teacher, scale_s, scale_t, eps, co
 def _mse_setup(ctx, inputs, output):
     x, ws, wt, scale_s, scale_t, eps, compute_grad = inputs
     loss, grad_x, grad_w = output
-    ctx.precomputed = bool(compute_grad)
     ctx.args = (scale_s, scale_t, eps)
-    if ctx.precomputed:
-        ctx.save_for_backward(grad_x, grad_w)
+    if bool(compute_grad):
+        _hold_precomputed(ctx, grad_x, grad_w)
     else:
-        ctx.save_for_backward(x, ws, wt)
+        ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, ws, wt)
     ctx.mark_non_differentiable(grad_x, grad_w)
 
 
 def _mse_backward(ctx, g_loss, g_gx, g_gw):
-    if ctx.precomputed:
-        grad_x, grad_w = ctx.saved_tensors
-        gx, gw = grad_x * g_loss, grad_w * g_loss
+    if g_loss is None:
+        return (None,) * 7
+    pre = _take_precomputed(ctx, g_loss)
+    if pre is not None:
+        gx, gw = pre
     else:  # closed form, recomputed chunk by chunk (forward ran without compute_grad)
         x, ws, wt = ctx.saved_tensors
         _, gx, gw = _mse_impl(x, ws, wt, *ctx.args, True)
