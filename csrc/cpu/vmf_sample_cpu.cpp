@@ -16,6 +16,10 @@
 #include <tuple>
 #include <vector>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "dfzsl/vmf.h"
 #include "normals_avx2.h"
 
@@ -194,6 +198,24 @@ void vmf_sample_out_cpu(const at::Tensor& mu_in, const at::Tensor& kappa_in,
   });
 }
 
+// A fresh output of millions of rows costs as much in first-touch page faults (one per 4 KiB, each
+// zeroing its page) as the sampling itself. Asking for transparent huge pages on the 2 MiB-aligned
+// interior of a large buffer cuts the fault count 512-fold where the kernel allows it (THP
+// "madvise" mode); elsewhere the call is a no-op. The data is unaffected either way.
+static void advise_huge_pages(const at::Tensor& t) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const size_t nbytes = t.numel() * t.element_size();
+  if (nbytes < (size_t{64} << 20)) return;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t huge = uintptr_t{1} << 21;
+  const uintptr_t start = (p + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (p + nbytes) & ~(huge - 1);
+  if (end > start) madvise(reinterpret_cast<void*>(start), end - start, MADV_HUGEPAGE);
+#else
+  (void)t;
+#endif
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> vmf_sample_cpu(const at::Tensor& mu,
                                                               const at::Tensor& kappa,
                                                               const at::Tensor& labels,
@@ -202,6 +224,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> vmf_sample_cpu(const at::Tensor& 
   check_inputs(mu, kappa, labels);
   const int64_t N = labels.size(0);
   at::Tensor x = at::empty({N, mu.size(1)}, mu.options());
+  advise_huge_pages(x);
   at::Tensor w = at::empty({N}, mu.options().dtype(at::kDouble));
   at::Tensor q = at::empty({N}, mu.options().dtype(at::kDouble));
   vmf_sample_out_cpu(mu, kappa, labels, seed, offset, mode, x, w, q);
