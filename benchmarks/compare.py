@@ -19,7 +19,8 @@ ORDER = ("native", "triton", "torch_batched", "published_pattern", "scipy_loop")
 
 
 def _provider(bench: dict) -> str:
-    return bench.get("extra_info", {}).get("provider") or bench.get("params", {}).get("provider", "?")
+    info, params = bench.get("extra_info", {}), bench.get("params", {})
+    return info.get("provider") or params.get("provider", "?")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -49,8 +50,13 @@ def _fmt_z(info: dict) -> str:
     return s
 
 
+CONTENDED_PCT = 10.0  # other processes' share of the CPU above which a row is flagged
+
+
 def _fmt_pct(v) -> str:
-    return "n/a" if v is None else f"{v:.0f}%"
+    if v is None:
+        return "n/a"
+    return f"{v:.0f}% ⚠" if v > CONTENDED_PCT else f"{v:.0f}%"
 
 
 def rows_by_group(data: dict) -> dict[str, dict[str, dict]]:
@@ -64,6 +70,7 @@ def rows_by_group(data: dict) -> dict[str, dict[str, dict]]:
         groups.setdefault(b.get("group") or "", {})[_provider(b)] = {
             "samples": samples,
             "median": median,
+            "min": b["stats"]["min"],
             "per_sample": median / samples,
             "rounds": b["stats"].get("rounds"),
             "info": info,
@@ -83,17 +90,17 @@ def group_table(name: str, rows: dict[str, dict]) -> str:
     out = [
         f"### {name}",
         "",
-        "| provider | samples/call | median time/call | µs/sample | samples/s "
+        "| provider | samples/call | median time/call | min time/call | µs/sample | samples/s "
         "| time ratio vs native | time ratio vs torch_batched | z (mean μᵀx vs A_d(κ)) "
         "| other CPU load ² |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     order = [p for p in ORDER if p in rows] + sorted(p for p in rows if p not in ORDER)
     for p in order:
         r = rows[p]
         note = " ¹" if r["info"].get("reduced") else ""
         out.append(
-            f"| {p}{note} | {r['samples']:,} | {_fmt_time(r['median'])} "
+            f"| {p}{note} | {r['samples']:,} | {_fmt_time(r['median'])} | {_fmt_time(r['min'])} "
             f"| {r['per_sample'] * 1e6:.2f} | {_fmt_rate(1.0 / r['per_sample'])} "
             f"| {_ratio(r, native)} | {_ratio(r, torch_b)} | {_fmt_z(r['info'])} "
             f"| {_fmt_pct(r['info'].get('cpu_others_pct'))} |"
@@ -105,7 +112,8 @@ def group_table(name: str, rows: dict[str, dict]) -> str:
             out.append(f"¹ {p}: ran on {why}.  ")
     out.append(
         "² share of the machine's CPU used by other processes during the timed rounds "
-        "(`extra_info['cpu_others_pct']`)."
+        f"(`extra_info['cpu_others_pct']`); ⚠ above {CONTENDED_PCT:.0f}%: timing inflated by "
+        "contention, do not use the row's ratios."
     )
     return "\n".join(out)
 
@@ -121,9 +129,12 @@ def ratios_table(groups: dict[str, dict[str, dict]]) -> str:
         if nat is None:
             continue
 
-        def speedup(p: str) -> str:
+        def speedup(p: str, rows=rows, nat=nat) -> str:
             r = rows.get(p)
-            return "n/a" if r is None else f"{r['per_sample'] / nat['per_sample']:.1f}×"
+            if r is None:
+                return "n/a"
+            flag = any((x["info"].get("cpu_others_pct") or 0.0) > CONTENDED_PCT for x in (r, nat))
+            return f"{r['per_sample'] / nat['per_sample']:.1f}×" + (" ⚠" if flag else "")
 
         out.append(
             f"| {name} | {_fmt_rate(1.0 / nat['per_sample'])} | {speedup('torch_batched')} "
@@ -138,8 +149,8 @@ def _group_key(name: str):
 
     def num(prefix: str) -> int:
         for p in parts:
-            if p.startswith(prefix) and p[len(prefix):].isdigit():
-                return int(p[len(prefix):])
+            if p.startswith(prefix) and p[len(prefix) :].isdigit():
+                return int(p[len(prefix) :])
         return 0
 
     preset = parts[3] if len(parts) > 3 else ""
@@ -162,9 +173,14 @@ def main(argv: list[str] | None = None) -> int:
         print(group_table(name, groups[name]))
         print()
     if args.ratios:
-        print("### Speed-up of native (time per sample of the provider / time per sample of native)")
+        print("### Speed-up of native (provider's time per sample / native's time per sample)")
         print()
         print(ratios_table({k: groups[k] for k in sorted(groups, key=_group_key)}))
+        print()
+        print(
+            f"⚠: one of the two rows ran with more than {CONTENDED_PCT:.0f}% of the CPU taken by "
+            "other processes."
+        )
     return 0
 
 

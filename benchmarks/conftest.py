@@ -195,7 +195,8 @@ class CpuMonitor:
         mine = self1 - self.s0
         info = self.benchmark.extra_info
         info["cpu_self"] = round(mine / tck / wall, 2) if wall > 0 else None
-        info["cpu_others_pct"] = round(100.0 * max(busy - mine, 0) / total, 1) if total > 0 else None
+        others = 100.0 * max(busy - mine, 0) / total if total > 0 else None
+        info["cpu_others_pct"] = None if others is None else round(others, 1)
         return False
 
 
