@@ -21,6 +21,7 @@
 #endif
 
 #include "dfzsl/vmf.h"
+#include "../vmf_sample_checks.h"
 #include "normals_avx2.h"
 
 namespace dfzsl_fast {
@@ -132,17 +133,7 @@ static inline void sample_rows_dispatch(const double* mu, const int64_t* lab,
 }
 
 static void check_inputs(const at::Tensor& mu, const at::Tensor& kappa, const at::Tensor& labels) {
-  TORCH_CHECK(mu.dim() == 2, "vmf_sample: expected mu of shape (C, d), got ", mu.sizes());
-  TORCH_CHECK(mu.size(1) >= 2, "vmf_sample: expected d >= 2, got d = ", mu.size(1));
-  TORCH_CHECK(mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble,
-              "vmf_sample: expected mu float32 or float64, got ", mu.scalar_type());
-  TORCH_CHECK(kappa.dim() == 1 && kappa.size(0) == mu.size(0),
-              "vmf_sample: expected kappa of shape (", mu.size(0), ",), got ", kappa.sizes());
-  TORCH_CHECK(kappa.scalar_type() == at::kDouble, "vmf_sample: expected kappa float64, got ",
-              kappa.scalar_type());
-  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong,
-              "vmf_sample: expected labels (N,) int64, got ", labels.sizes(), " ",
-              labels.scalar_type());
+  check_vmf_sample_args(mu, kappa, labels);
   TORCH_CHECK(mu.device().is_cpu() && kappa.device().is_cpu() && labels.device().is_cpu(),
               "vmf_sample (CPU kernel): expected CPU tensors");
 }

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <tuple>
 
+#include "../vmf_sample_checks.h"
 #include "vmf_sample_kernel.cuh"
 
 namespace dfzsl_fast {
@@ -27,17 +28,7 @@ namespace cuda {
 using detail::WoodConstants;
 
 static void check_inputs(const at::Tensor& mu, const at::Tensor& kappa, const at::Tensor& labels) {
-  TORCH_CHECK(mu.dim() == 2, "vmf_sample: expected mu of shape (C, d), got ", mu.sizes());
-  TORCH_CHECK(mu.size(1) >= 2, "vmf_sample: expected d >= 2, got d = ", mu.size(1));
-  TORCH_CHECK(mu.scalar_type() == at::kFloat || mu.scalar_type() == at::kDouble,
-              "vmf_sample: expected mu float32 or float64, got ", mu.scalar_type());
-  TORCH_CHECK(kappa.dim() == 1 && kappa.size(0) == mu.size(0),
-              "vmf_sample: expected kappa of shape (", mu.size(0), ",), got ", kappa.sizes());
-  TORCH_CHECK(kappa.scalar_type() == at::kDouble, "vmf_sample: expected kappa float64, got ",
-              kappa.scalar_type());
-  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong,
-              "vmf_sample: expected labels (N,) int64, got ", labels.sizes(), " ",
-              labels.scalar_type());
+  check_vmf_sample_args(mu, kappa, labels);
   TORCH_CHECK(mu.device().is_cuda() && kappa.device() == mu.device() &&
                   labels.device() == mu.device(),
               "vmf_sample (CUDA kernel): expected mu, kappa and labels on one CUDA device, got ",
