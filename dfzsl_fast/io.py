@@ -379,6 +379,7 @@ def save_classifier(
     seen_classes: Sequence[int] | torch.Tensor | None = None,
     n_base: int | None = None,
     metadata: Mapping[str, Any] | None = None,
+    input_shift: torch.Tensor | None = None,
 ) -> Path:
     """Save a classification head as ``*.safetensors`` with its class names and seen/unseen split.
 
@@ -395,6 +396,9 @@ def save_classifier(
             config, CLIP model name, weights sha256, QuickGELU, text tower, feature
             normalisation... stored under ``provenance`` beside the automatic versions and
             creation time (the caller's keys win on a clash).
+        input_shift: optional (D,) shift added to the unit-normalised input before a cosine
+            head (DFZSL's prompt-tuning residual; see `ExtendedClassifier`). Stored as the
+            tensor ``input_shift``; `load_classifier` then returns an `ExtendedClassifier`.
 
     Returns:
         ``path`` as a ``Path``.
@@ -428,6 +432,14 @@ def save_classifier(
         )
     _check_finite(weight, "`head.weight`")
     tensors = {"weight": weight}
+    if input_shift is not None:
+        if kind != "cosine":
+            raise ValueError("`input_shift`: only a cosine head takes an input shift")
+        shift = torch.as_tensor(input_shift).detach().cpu().contiguous()
+        if tuple(shift.shape) != (D,) or not shift.is_floating_point():
+            raise ValueError(f"`input_shift`: expected a ({D},) float tensor")
+        _check_finite(shift, "`input_shift`")
+        tensors["input_shift"] = shift.to(weight.dtype)
     bias = getattr(head, "bias", None) if kind == "linear" else None
     if bias is not None:
         bias = bias.detach().cpu().contiguous()
@@ -543,10 +555,21 @@ def load_classifier(
         scale = meta.get("scale")
         if not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{p}: a cosine head needs a finite `scale`, got {scale!r}")
-        head: Head = CosineClassifier(
-            w, float(scale), learnable=bool(meta.get("learnable", True)),
-            eps=float(meta.get("eps", 1e-12)),
-        )
+        shift = tensors.get("input_shift")
+        if shift is not None:
+            # a pipeline product: cosine head on normalize(x) + shift
+            from .pipeline.extended import ExtendedClassifier
+
+            if tuple(shift.shape) != (D,):
+                raise ValueError(f"{p}: `input_shift` must be ({D},), got {tuple(shift.shape)}")
+            _check_finite(shift, f"{p}: `input_shift`")
+            head = ExtendedClassifier(w, names, seen, scale=float(scale), shift=shift,
+                                      metadata=meta.get("provenance", {}))
+        else:
+            head = CosineClassifier(
+                w, float(scale), learnable=bool(meta.get("learnable", True)),
+                eps=float(meta.get("eps", 1e-12)),
+            )
     elif kind == "linear":
         b = tensors.get("bias")
         if meta.get("has_bias", b is not None) and b is None:

@@ -1,0 +1,400 @@
+"""`DFZSL(config).fit(...)`: the whole data-free pipeline, from a base classifier and class names
+to a classifier over base + new classes (method.md 2.3-2.6).
+
+Stages (each also usable alone from its own module):
+
+1. **virtual** (`virtual.py`): kappa rule, batched fit of the vMF means to the teacher's cosine
+   logits, sampling, trusted-sample filter.
+2. **prompts** (`flpt.py`): feature-language prompt tuning of the text tower on the virtual
+   features (skipped, and reported, when only precomputed text features are given).
+3. **generator** (`generator.py`): TF-VAEGAN on (virtual feature, tuned text feature) pairs, then
+   synthesis of `syn_num` features per new class.
+4. **classifier** (`classifier.py`): learnable cosine prototypes initialised from the tuned text
+   features, scale 100, logit-adjusted training loss, on virtual + synthesised features.
+
+Model selection is honest: the returned classifier is the **last** epoch's. When test data is
+given (`eval_data`), the per-epoch test scores are recorded and their maximum is reported
+*beside* the last-epoch numbers under a separate, labelled key ("paper protocol: max over epochs
+on the test set"), never instead of them.
+
+With `cache_dir`, every stage's output is stored under a key of its inputs (`_cache.py`), so a
+re-run (or a run interrupted and restarted) recomputes only what changed; the generator also
+checkpoints every epoch and resumes.
+
+Example:
+    >>> from dfzsl_fast.pipeline import DFZSL
+    >>> from dfzsl_fast.data import get_config
+    >>> run = DFZSL(get_config("AWA2"), cache_dir="runs/awa2/cache")
+    >>> result = run.fit(teacher_weight, class_names, seen_classes, text_tower=tower)
+    >>> result.classifier.save("runs/awa2/classifier.safetensors")
+    >>> evaluate(result.classifier, x_test, y_test)["H"]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .._extension import _version
+from ..data.classnames import check_classnames
+from ..data.configs import DFZSLConfig
+from ._cache import StageCache, fingerprint, stage_key
+from .classifier import train_final_classifier
+from .extended import ExtendedClassifier, evaluate
+from .teacher import Teacher, as_teacher
+from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
+
+__all__ = ["DFZSL", "DFZSLResult"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DFZSLResult:
+    """What `DFZSL.fit` produces.
+
+    Attributes:
+        classifier: the extended classifier (last epoch).
+        text_features: (C_all, D) float32 class text features before prompt tuning.
+        tuned_text_features: (C_all, D) after prompt tuning (equal when tuning was skipped).
+        mu: (C_s, D) fitted vMF mean directions; kappa: (C_s,) concentrations.
+        keep: per-class counts of the trusted-sample filter.
+        prompt_tuning: "done" or the reason it was skipped.
+        timings: seconds per stage (0 for a stage loaded from the cache).
+        cached: stages loaded from the cache.
+        history: per-epoch classifier training loss, and test scores when `eval_data` was given.
+        scores: last-epoch test scores (when `eval_data` was given), and under
+            "paper_protocol_max_over_epochs" the best epoch's, labelled as such.
+    """
+
+    classifier: ExtendedClassifier
+    text_features: torch.Tensor
+    tuned_text_features: torch.Tensor
+    mu: torch.Tensor
+    kappa: torch.Tensor
+    keep: KeepStats | None
+    prompt_tuning: str
+    timings: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+    history: dict[str, list] = field(default_factory=dict)
+    scores: dict[str, Any] = field(default_factory=dict)
+
+
+def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
+    if seen_classes is None:
+        seen = torch.arange(C_s)
+    else:
+        seen = torch.as_tensor(seen_classes).flatten()
+        if seen.is_floating_point() or seen.dtype == torch.bool:
+            raise TypeError("seen_classes: expected integer class indices")
+        seen = seen.to(torch.int64).cpu()
+    if seen.numel() != C_s:
+        raise ValueError(
+            f"seen_classes: the teacher has {C_s} rows but {seen.numel()} seen classes were given "
+            "(teacher row k must be class seen_classes[k])"
+        )
+    if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= C_all):
+        raise ValueError(f"seen_classes: expected indices in [0, {C_all}) of class_names")
+    if seen.unique().numel() != seen.numel():
+        raise ValueError("seen_classes: has duplicate indices")
+    if seen.numel() >= C_all:
+        raise ValueError("class_names: no new class to add (every class is a seen class)")
+    return seen
+
+
+class DFZSL:
+    """The DFZSL pipeline for one configuration.
+
+    Args:
+        config: a `DFZSLConfig` (e.g. `dfzsl_fast.data.get_config("AWA2")`).
+        cache_dir: folder for per-stage caches and the generator checkpoint (None: no caching).
+        device: where to run ("cpu", "cuda"; default: the teacher's device).
+        backend: backend of the sampler and the fused cosine ops (None: automatic).
+        progress: progress bars on every long loop.
+    """
+
+    def __init__(
+        self,
+        config: DFZSLConfig,
+        *,
+        cache_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+        backend: str | None = None,
+        progress: bool = True,
+    ) -> None:
+        if not isinstance(config, DFZSLConfig):
+            raise TypeError(
+                f"config: expected a DFZSLConfig (see dfzsl_fast.data.get_config), got "
+                f"{type(config).__name__}"
+            )
+        self.config = config
+        self.cache = StageCache(cache_dir)
+        self.device = torch.device(device) if device is not None else None
+        self.backend = backend
+        self.progress = bool(progress)
+
+    # ------------------------------------------------------------------------------------------
+    # checks done before any long work
+    # ------------------------------------------------------------------------------------------
+
+    def _inputs(self, teacher, class_names, seen_classes, text_tower, text_features):
+        if not isinstance(teacher, Teacher):
+            teacher = as_teacher(teacher, temperature=self.config.simulator.temperature,
+                                 backend=self.backend)
+        names = check_classnames(list(class_names), "class_names")
+        C_all, C_s, D = len(names), teacher.num_classes, teacher.in_features
+        seen = _seen_index(seen_classes, C_all, C_s)
+        if text_tower is None and text_features is None:
+            raise ValueError("give text_tower (prompt tuning runs) or text_features (it is skipped)")
+        if text_features is not None:
+            if not isinstance(text_features, torch.Tensor) or text_features.dim() != 2:
+                raise TypeError(f"text_features: expected a ({C_all}, {D}) tensor")
+            if text_features.shape[0] != C_all:
+                raise ValueError(
+                    f"text_features: {text_features.shape[0]} rows for {C_all} class_names"
+                )
+            if text_features.shape[1] != D:
+                raise ValueError(
+                    f"text_features: width {text_features.shape[1]} does not match the teacher's "
+                    f"feature width {D}"
+                )
+            if not bool(torch.isfinite(text_features).all()):
+                raise ValueError("text_features: contains NaN or Inf")
+            if bool((text_features == 0).all(dim=1).any()):
+                raise ValueError("text_features: has an all-zero row")
+        if text_tower is not None:
+            out_dim = getattr(text_tower, "output_dim", None)
+            if out_dim is not None and out_dim != D:
+                raise ValueError(
+                    f"text_tower: output width {out_dim} does not match the teacher's feature "
+                    f"width {D} (is this the classifier of the same CLIP model?)"
+                )
+        return teacher, names, seen
+
+    # ------------------------------------------------------------------------------------------
+    # the whole pipeline
+    # ------------------------------------------------------------------------------------------
+
+    def fit(
+        self,
+        teacher: Teacher | torch.Tensor | torch.nn.Module,
+        class_names: Sequence[str],
+        seen_classes: Sequence[int] | torch.Tensor | None = None,
+        *,
+        text_tower: Any = None,
+        text_features: torch.Tensor | None = None,
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> DFZSLResult:
+        """Run the four stages and return the extended classifier.
+
+        Args:
+            teacher: the base classifier: a (C_s, D) weight tensor (used as a cosine
+                classifier, as DFZSL does), an nn.Linear, a CosineClassifier or a `Teacher`.
+            class_names: all C_all class names (base and new), cleaned, distinct, non-empty.
+            seen_classes: (C_s,) indices into `class_names`: teacher row k is class
+                seen_classes[k]. Default: the first C_s names, in order.
+            text_tower: a `dfzsl_fast.text.towers.TextTower` (open_clip, MiniLM, ...): prompt
+                tuning runs on it.
+            text_features: (C_all, D) precomputed class text features instead of a tower:
+                prompt tuning is skipped and `result.prompt_tuning` says so.
+            eval_data: optional (x_test (N, D), y_test (N,)) in `class_names` indices, to
+                record per-epoch test scores (reporting only; never used for selection).
+
+        Returns:
+            A `DFZSLResult`.
+
+        Raises:
+            ValueError / TypeError: bad inputs, before any long work starts (width mismatch
+                between classifier and text tower, duplicate or empty names, NaN weights, ...).
+        """
+        cfg = self.config
+        teacher, names, seen = self._inputs(teacher, class_names, seen_classes, text_tower,
+                                            text_features)
+        device = self.device or teacher.weight.device
+        teacher = Teacher(teacher.weight.to(device), teacher.temperature, backend=self.backend)
+        C_all, C_s = len(names), seen.numel()
+        is_seen = torch.zeros(C_all, dtype=torch.bool)
+        is_seen[seen] = True
+        unseen = (~is_seen).nonzero().flatten()
+        if eval_data is not None:
+            x_te, y_te = eval_data
+            if x_te.dim() != 2 or x_te.shape[1] != teacher.in_features:
+                raise ValueError(f"eval_data: expected (N, {teacher.in_features}) features")
+            if y_te.shape != (x_te.shape[0],) or int(y_te.min()) < 0 or int(y_te.max()) >= C_all:
+                raise ValueError(f"eval_data: expected (N,) labels in [0, {C_all})")
+        timings: dict[str, float] = {}
+        cached: list[str] = []
+
+        # 0. class text features of the plain prompts
+        t0 = time.perf_counter()
+        prompts = [cfg.prompt(n) for n in names]
+        if text_features is None:
+            with torch.no_grad():
+                text_features = text_tower.encode(prompts)
+        T0 = text_features.detach().to(device=device, dtype=torch.float32)
+        timings["text"] = time.perf_counter() - t0
+        teacher_fp = fingerprint(teacher.weight)
+        base_key = stage_key(_version(), teacher_fp, fingerprint(T0), names, seen, cfg.seed)
+
+        # 1. virtual base features
+        t0 = time.perf_counter()
+        sim = cfg.simulator
+        k1 = stage_key("virtual", base_key, sim)
+        hit = self.cache.load("virtual", k1)
+        if hit is not None:
+            tens, _ = hit
+            mu, kappa = tens["mu"].to(device), tens["kappa"].to(device)
+            xv, yv = tens["x"].to(device), tens["y"].to(device)
+            keep = KeepStats(tens["drawn"], tens["kept"])
+            cached.append("virtual")
+        else:
+            kappa = default_kappa(T0[seen.to(device)], shared=sim.kappa_shared,
+                                  multiplier=sim.kappa_multiplier).to(device)
+            mu = fit_vmf_means(
+                teacher, T0[seen.to(device)], kappa, steps=sim.epochs, lr=sim.lr,
+                nsample=sim.nsample, weight_decay=sim.weight_decay, seed=cfg.seed,
+                wood_b=sim.wood_b, progress=self.progress, backend=self.backend,
+            )
+            xv, yv, keep = virtual_features(
+                mu, kappa, sim.num, teacher, seed=cfg.seed + 1, wood_b=sim.wood_b,
+                backend=self.backend,
+            )
+            if not sim.trusted_filter:  # keep everything that was drawn (ablation)
+                from .. import sample_vmf
+                from .virtual import _labels_for
+
+                labels, _ = _labels_for(sim.num, C_s, "round_robin", device)
+                xv = sample_vmf(mu, kappa, labels=labels, seed=cfg.seed + 1, wood_b=sim.wood_b,
+                                backend=self.backend)
+                yv = labels
+            self.cache.save("virtual", k1, {"mu": mu, "kappa": kappa, "x": xv, "y": yv,
+                                            "drawn": keep.drawn, "kept": keep.kept})
+        log.info("stage 1 (virtual): %s", keep)
+        timings["virtual"] = time.perf_counter() - t0
+        yv_all = seen.to(device)[yv]  # labels in class_names indices
+
+        # 2. prompt tuning
+        t0 = time.perf_counter()
+        k2 = stage_key("prompts", k1, cfg.flpt, getattr(text_tower, "name", None),
+                       text_tower is None)
+        if text_tower is None or not getattr(text_tower, "tunable", True):
+            T1, shift = T0, None
+            prompt_tuning = ("skipped: only precomputed text features were given"
+                             if text_tower is None else "skipped: the text tower is not tunable")
+            log.warning("stage 2 (prompt tuning) %s", prompt_tuning)
+        else:
+            hit = self.cache.load("prompts", k2)
+            if hit is not None:
+                tens, _ = hit
+                T1, shift = tens["text_features"].to(device), tens["shift"].to(device)
+                cached.append("prompts")
+            else:
+                from .flpt import train_flpt
+
+                res = train_flpt(
+                    text_tower, names, cfg.template, xv, yv_all, seen, cfg.flpt,
+                    seed=cfg.seed, progress=self.progress,
+                )
+                T1 = res.text_features.detach().to(device=device, dtype=torch.float32)
+                shift = res.residual.detach().to(device=device, dtype=torch.float32)
+                self.cache.save("prompts", k2, {"text_features": T1, "shift": shift})
+            prompt_tuning = "done"
+        timings["prompts"] = time.perf_counter() - t0
+        # the shifted virtual features (FLPT's x' = x + r * residual), unit-normalised as the
+        # generator's preprocessing does
+        xs = xv if shift is None else F.normalize(xv + shift, dim=1)
+
+        # 3. generator and synthesis
+        t0 = time.perf_counter()
+        gcfg = cfg.generator
+        k3 = stage_key("generator", k2, gcfg)
+        hit = self.cache.load("synthetic", k3)
+        if hit is not None:
+            tens, _ = hit
+            xu, yu = tens["x"].to(device), tens["y"].to(device)
+            cached.append("generator")
+        else:
+            from .generator import synthesize, train_generator
+
+            ckpt = None
+            if self.cache.enabled:
+                ckpt = self.cache.root / f"generator-{k3[:12]}.pt"
+            emb = F.normalize(T1, dim=1)
+            model = train_generator(
+                xs, yv_all, emb, gcfg, seed=gcfg.seed, progress=self.progress, checkpoint=ckpt,
+            )
+            xu, yu = synthesize(model, emb, unseen.to(device), gcfg.syn_num, seed=gcfg.seed + 1)
+            xu, yu = xu.to(device), yu.to(device)
+            self.cache.save("synthetic", k3, {"x": xu, "y": yu})
+        timings["generator"] = time.perf_counter() - t0
+
+        # 4. final classifier
+        t0 = time.perf_counter()
+        ccfg = cfg.classifier
+        history: dict[str, list] = {"loss": []}
+        test_hist: list[dict[str, float]] = []
+        tmp_clf = ExtendedClassifier(T1, names, seen, scale=ccfg.scale, shift=shift,
+                                     backend=self.backend)
+
+        def _track(epoch, head, loss):
+            history["loss"].append(loss)
+            if eval_data is not None:
+                tmp_clf.weight.data = head.weight.detach()
+                s = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
+                test_hist.append({k: v for k, v in s.items() if not k.startswith("per_class")})
+
+        x_tr = torch.cat([xs, xu.to(xs.dtype)])
+        y_tr = torch.cat([yv_all, yu])
+        head = train_final_classifier(
+            x_tr, y_tr, T1, seen, unseen, scale=ccfg.scale, epochs=ccfg.epochs,
+            batch_size=ccfg.batch_size or gcfg.syn_num, lr=ccfg.lr, betas=(ccfg.beta1, 0.999),
+            ratio=ccfg.logit_adjust_ratio, adjust_logits=ccfg.logit_adjust, seed=cfg.seed,
+            progress=self.progress, callback=_track, backend=self.backend,
+        )
+        timings["classifier"] = time.perf_counter() - t0
+        meta = {
+            "method": "DFZSL",
+            "dfzsl_fast_version": _version(),
+            "config": cfg.to_dict(),
+            "text_tower": getattr(text_tower, "name", None),
+            "prompt_tuning": prompt_tuning,
+            "virtual_kept": keep.total_kept if keep is not None else None,
+            "synthetic_per_class": gcfg.syn_num,
+            "teacher_sha": teacher_fp,
+            "selection": "last epoch",
+        }
+        clf = ExtendedClassifier(head.weight.detach(), names, seen, scale=ccfg.scale,
+                                 shift=shift, metadata=meta, backend=self.backend)
+        scores: dict[str, Any] = {}
+        if eval_data is not None and test_hist:
+            key = "H" if cfg.protocol == "gzsl" else "HM"
+            best = max(range(len(test_hist)), key=lambda i: test_hist[i][key])
+            scores = {
+                "last_epoch": test_hist[-1],
+                "paper_protocol_max_over_epochs": {
+                    **test_hist[best], "epoch": best,
+                    "note": "max over classifier epochs on the TEST set (published protocol; "
+                            "optimistic, not a valid model selection)",
+                },
+            }
+            history["test"] = test_hist
+        return DFZSLResult(
+            classifier=clf, text_features=T0, tuned_text_features=T1, mu=mu, kappa=kappa,
+            keep=keep, prompt_tuning=prompt_tuning, timings=timings, cached=cached,
+            history=history, scores=scores,
+        )
+
+
+def zero_shot_classifier(
+    text_features: torch.Tensor, class_names: Sequence[str], seen_classes, scale: float = 100.0
+) -> ExtendedClassifier:
+    """Zero-shot CLIP as an `ExtendedClassifier`: prototypes = the class text features."""
+    return ExtendedClassifier(text_features, class_names, seen_classes, scale=scale,
+                              metadata={"method": "zero-shot CLIP"})

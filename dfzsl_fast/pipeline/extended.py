@@ -1,0 +1,189 @@
+"""The pipeline's product: a cosine classifier over base + new classes, and its evaluation.
+
+`ExtendedClassifier` is what `DFZSL.fit` returns and what `dfzsl-fast run` saves: learnable
+prototypes P (C_all, D), a logit scale (100), and an optional input shift s (D,) learned by FLPT
+(the text-to-image residual). logits = scale * cos(normalize(x) + s, P).
+
+The shift is applied to the L2-normalised feature (ours). The reference adds it to the raw
+test feature (norm about 10) but to the unit-norm virtual features during training, so the
+same shift is ten times weaker at test time there; on unit features it acts the same in
+training and at test time.
+
+Example:
+    >>> clf = result.classifier                      # from DFZSL(cfg).fit(...)
+    >>> pred = clf.predict(x_test)                   # (N,) indices into clf.class_names
+    >>> scores = evaluate(clf, x_test, y_test)       # {"protocol": "gzsl", "S": ..., "U": ..., "H": ...}
+    >>> clf.save("runs/awa2/classifier.safetensors")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..metrics import base_to_new_scores, gzsl_scores
+from ..nn.cosine_classifier import CosineClassifier
+from ..ops import cosine as _ops
+
+__all__ = ["ExtendedClassifier", "evaluate"]
+
+
+class ExtendedClassifier(nn.Module):
+    """logits = scale * cos(normalize(x) + shift, weight) over C_all = C_s + C_u classes.
+
+    Args:
+        weight: (C_all, D) float prototypes (any row norm).
+        class_names: C_all distinct names; row c is ``class_names[c]``.
+        seen_classes: indices of the base (seen) classes; the others are new (unseen).
+        scale: logit scale (100 in DFZSL).
+        shift: optional (D,) input shift added to the unit-norm feature (FLPT residual).
+        metadata: JSON-compatible provenance (config, text tower, timings, ...).
+        backend: backend of the fused cosine ops.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        class_names: Sequence[str],
+        seen_classes: Sequence[int] | torch.Tensor,
+        *,
+        scale: float = 100.0,
+        shift: torch.Tensor | None = None,
+        metadata: dict[str, Any] | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+            raise TypeError("weight: expected a (C_all, D) floating-point tensor")
+        C, D = weight.shape
+        names = list(class_names)
+        if len(names) != C:
+            raise ValueError(f"class_names: {len(names)} names for {C} weight rows")
+        if not bool(torch.isfinite(weight).all()):
+            raise ValueError("weight: contains NaN or Inf")
+        seen = torch.as_tensor(seen_classes, dtype=torch.int64).flatten().cpu()
+        if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= C):
+            raise ValueError(f"seen_classes: expected indices in [0, {C})")
+        if seen.unique().numel() != seen.numel():
+            raise ValueError("seen_classes: has duplicates")
+        mask = torch.zeros(C, dtype=torch.bool)
+        mask[seen] = True
+        self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)
+        if shift is not None:
+            if not isinstance(shift, torch.Tensor) or shift.shape != (D,):
+                raise ValueError(f"shift: expected a ({D},) tensor")
+            shift = shift.detach().to(weight.dtype).clone()
+        self.register_buffer("shift", shift)
+        self.scale = float(scale)
+        self.class_names = names
+        self.seen_classes = torch.sort(seen).values
+        self.unseen_classes = (~mask).nonzero().flatten()
+        self.metadata = dict(metadata or {})
+        self.backend = backend
+
+    @property
+    def num_classes(self) -> int:
+        return self.weight.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.weight.shape[1]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes} "
+            f"({self.seen_classes.numel()} base + {self.unseen_classes.numel()} new), "
+            f"scale={self.scale}, shift={'yes' if self.shift is not None else 'no'}"
+        )
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) features -> normalize(x) + shift, in the weight's dtype and device."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x: expected an (N, {self.in_features}) tensor")
+        x = F.normalize(x.to(device=self.weight.device, dtype=self.weight.dtype), dim=1)
+        return x if self.shift is None else x + self.shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) raw features -> (N, C_all) logits."""
+        return _ops.cosine_logits(self.prepare(x), self.weight, self.scale, backend=self.backend)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
+        """(N,) int64 argmax class indices (plain argmax: no calibration, as published)."""
+        out = [self(x[s : s + chunk]).argmax(1) for s in range(0, x.shape[0], chunk)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+    def as_cosine(self) -> CosineClassifier:
+        """The prototypes as a plain `CosineClassifier` (drops the input shift)."""
+        return CosineClassifier(self.weight.detach(), self.scale, backend=self.backend)
+
+    def save(self, path, **extra_meta: Any):
+        """Write ``path`` (safetensors: weight, input_shift; JSON metadata with class names,
+        split, scale and provenance) atomically via `dfzsl_fast.io.save_classifier`."""
+        from ..io import save_classifier
+
+        return save_classifier(
+            path, self.as_cosine(), class_names=self.class_names, seen_classes=self.seen_classes,
+            metadata={**self.metadata, **extra_meta}, input_shift=self.shift,
+        )
+
+    @classmethod
+    def load(cls, path, device: str | None = None) -> ExtendedClassifier:
+        """Read a file written by `save` (a plain cosine head loads with a zero shift)."""
+        from ..io import load_classifier
+
+        head, meta = load_classifier(path, device=device)
+        if isinstance(head, ExtendedClassifier):
+            return head
+        if not isinstance(head, CosineClassifier):
+            raise ValueError(f"{path}: holds a {meta.get('kind')} head, not a cosine classifier")
+        return cls(head.weight.detach(), meta["class_names"], meta["seen_classes"],
+                   scale=head.scale, metadata=meta.get("provenance", {}))
+
+
+def evaluate(
+    clf: ExtendedClassifier | nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    protocol: str = "gzsl",
+    seen_classes: Sequence[int] | torch.Tensor | None = None,
+    unseen_classes: Sequence[int] | torch.Tensor | None = None,
+) -> dict[str, Any]:
+    """Scores of a classifier on labelled test features.
+
+    Args:
+        clf: an `ExtendedClassifier` (or any module mapping (N, D) -> (N, C) logits, then give
+            the class split).
+        x: (N, D) test features; y: (N,) int64 labels in the classifier's class indices.
+        protocol: "gzsl" (per-class S, U, H over all classes) or "base2new" (sample-level B, N,
+            HM, each inside its own block).
+        seen_classes, unseen_classes: default: the classifier's own split.
+
+    Returns:
+        {"protocol", "S", "U", "H"} or {"protocol", "B", "N", "HM"}, plus per-class accuracies
+        for gzsl (float lists, NaN for classes without test samples).
+    """
+    seen = getattr(clf, "seen_classes", None) if seen_classes is None else seen_classes
+    unseen = getattr(clf, "unseen_classes", None) if unseen_classes is None else unseen_classes
+    if seen is None or unseen is None:
+        raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
+    with torch.no_grad():
+        logits = torch.cat([clf(x[s : s + 65536]).float().cpu() for s in range(0, x.shape[0], 65536)])
+    if protocol == "gzsl":
+        s = gzsl_scores(logits.argmax(1), y.cpu(), seen, unseen)
+        return {
+            "protocol": "gzsl",
+            "S": s["S"],
+            "U": s["U"],
+            "H": s["H"],
+            "per_class_seen": [float(v) for v in s["per_class_seen"]],
+            "per_class_unseen": [float(v) for v in s["per_class_unseen"]],
+        }
+    if protocol == "base2new":
+        s = base_to_new_scores(logits, y.cpu(), seen, unseen)
+        return {"protocol": "base2new", **{k: s[k] for k in ("B", "N", "HM")}}
+    raise ValueError(f"protocol: expected 'gzsl' or 'base2new', got {protocol!r}")
