@@ -1,6 +1,10 @@
 """The `dfzsl-fast` command line (also `python -m dfzsl_fast ...`).
 
     dfzsl-fast info                  versions, build facts, backends
+    dfzsl-fast demo                  offline demo: DFZSL, ICIS and zero-shot CLIP side by side on
+                                     a simulated CLIP world built from real class names
+    dfzsl-fast run CONFIG ...        the whole pipeline: base classifier + class names + text
+                                     tower -> classifier over base + new classes (cli_run.py)
     dfzsl-fast sample [options]      draw vMF samples, report throughput and a statistical check
                                      against exact theory, optionally save them
     dfzsl-fast evaluate ...          GZSL S/U/H (and base-to-new B/N/HM) of a saved classifier on
@@ -719,8 +723,16 @@ def _add_extract(sub: Any) -> None:
 
 
 #: Sub-command registrars, in --help order: each takes the sub-parsers object.
+def _add_pipeline(sub: Any) -> None:
+    from .cli_run import add_demo, add_run
+
+    add_demo(sub)
+    add_run(sub)
+
+
 COMMANDS: list[Callable[[Any], None]] = [
     _add_info,
+    _add_pipeline,
     _add_sample,
     _add_evaluate,
     _add_inject,

@@ -1,0 +1,188 @@
+"""The whole pipeline (`DFZSL.fit`) on tiny worlds: wiring, caching, errors, the saved product."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfzsl_fast.data.configs import DFZSLConfig
+from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
+from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
+
+C_ALL, C_S, D = 9, 6, 16
+NAMES = [f"class {i}" for i in range(C_ALL)]
+SEEN = [0, 2, 3, 5, 7, 8]  # teacher row k is class SEEN[k]
+
+
+def tiny_config(**generator) -> DFZSLConfig:
+    return DFZSLConfig.from_dict({
+        "name": "tiny",
+        "template": "a photo of a {}.",
+        "simulator": {"epochs": 15, "nsample": 10, "num": 24},
+        "flpt": {"batch_size": 64, "residual_hidden": 16},
+        "generator": {"epochs": 1, "hidden": 32, "syn_num": 16, "batch_size": 32,
+                      "critic_iters": 1, **generator},
+        "classifier": {"epochs": 2, "batch_size": 64, "lr": 1e-3},
+    })
+
+
+def tiny_world(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    text = F.normalize(torch.randn(C_ALL, D, generator=g), dim=1)
+    W = F.normalize(text[SEEN] + 0.3 * torch.randn(C_S, D, generator=g), dim=1)
+    # test images: around the text directions (so zero-shot is meaningful)
+    y = torch.arange(C_ALL).repeat_interleave(10)
+    x = 5 * F.normalize(text[y] + 0.4 * torch.randn(y.numel(), D, generator=g), dim=1)
+    return text, W, x, y
+
+
+def test_fit_without_tower_skips_prompt_tuning_and_reports_it():
+    text, W, x, y = tiny_world()
+    res = DFZSL(tiny_config(), progress=False).fit(W, NAMES, SEEN, text_features=text,
+                                                   eval_data=(x, y))
+    clf = res.classifier
+    assert isinstance(clf, ExtendedClassifier)
+    assert clf.weight.shape == (C_ALL, D) and clf.class_names == NAMES
+    assert clf.seen_classes.tolist() == SEEN
+    assert sorted(clf.unseen_classes.tolist()) == [1, 4, 6]
+    assert res.prompt_tuning.startswith("skipped")
+    assert clf.shift is None
+    assert bool(torch.isfinite(clf.weight).all())
+    assert res.mu.shape == (C_S, D) and res.keep.total_kept > 0
+    # honest selection is the default; the test-set maximum is reported beside it, labelled
+    last = res.scores["last_epoch"]
+    best = res.scores["paper_protocol_max_over_epochs"]
+    assert "TEST set" in best["note"] and best["H"] >= last["H"]
+    s = evaluate(clf, x, y)
+    assert math.isclose(s["H"], last["H"], abs_tol=1e-12)
+    assert set(res.timings) >= {"virtual", "prompts", "generator", "classifier"}
+
+
+def test_cache_reuses_stages_and_recomputes_what_changed(tmp_path):
+    text, W, _, _ = tiny_world()
+    first = DFZSL(tiny_config(), cache_dir=tmp_path, progress=False).fit(
+        W, NAMES, SEEN, text_features=text)
+    again = DFZSL(tiny_config(), cache_dir=tmp_path, progress=False).fit(
+        W, NAMES, SEEN, text_features=text)
+    assert again.cached == ["virtual", "generator"]
+    assert torch.equal(first.classifier.weight, again.classifier.weight)
+    changed = DFZSL(tiny_config(syn_num=8), cache_dir=tmp_path, progress=False).fit(
+        W, NAMES, SEEN, text_features=text)
+    assert changed.cached == ["virtual"]  # generator settings changed: stages 3-4 rerun
+    W2 = F.normalize(W + 0.05 * torch.randn(W.shape, generator=torch.Generator().manual_seed(1)),
+                     dim=1)
+    other_teacher = DFZSL(tiny_config(), cache_dir=tmp_path, progress=False).fit(
+        W2, NAMES, SEEN, text_features=text)
+    assert other_teacher.cached == []
+
+
+def test_same_seed_same_classifier_without_cache():
+    text, W, _, _ = tiny_world()
+    a = DFZSL(tiny_config(), progress=False).fit(W, NAMES, SEEN, text_features=text)
+    b = DFZSL(tiny_config(), progress=False).fit(W, NAMES, SEEN, text_features=text)
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+
+
+def test_saved_classifier_round_trip(tmp_path):
+    g = torch.Generator().manual_seed(3)
+    clf = ExtendedClassifier(torch.randn(5, 8, generator=g), list("abcde"), [0, 2],
+                             shift=0.01 * torch.randn(8, generator=g), metadata={"k": 1})
+    path = clf.save(tmp_path / "c.safetensors")
+    back = ExtendedClassifier.load(path)
+    x = torch.randn(7, 8, generator=g)
+    torch.testing.assert_close(back(x), clf(x))
+    assert back.class_names == list("abcde") and back.seen_classes.tolist() == [0, 2]
+    assert back.metadata["k"] == 1
+
+
+def test_shift_is_applied_to_unit_features():
+    w = F.normalize(torch.randn(3, 4), dim=1)
+    shift = torch.tensor([0.1, 0.0, -0.2, 0.05])
+    clf = ExtendedClassifier(w, ["a", "b", "c"], [0], scale=10.0, shift=shift)
+    x = torch.randn(6, 4) * 7
+    want = 10.0 * F.normalize(F.normalize(x, dim=1) + shift, dim=1) @ w.T
+    torch.testing.assert_close(clf(x), want, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_shot_classifier_is_text_argmax():
+    text, _, x, y = tiny_world()
+    zs = zero_shot_classifier(text, NAMES, SEEN)
+    assert torch.equal(zs.predict(x), (F.normalize(x, dim=1) @ text.T).argmax(1))
+
+
+# ------------------------------------------------------------------------------------------
+# bad input: a clear error before any long work
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mutate, exc, match",
+    [
+        (lambda a: a.update(text_features=a["text_features"][:, :8]), ValueError, "width"),
+        (lambda a: a.update(text_features=a["text_features"][:5]), ValueError, "rows"),
+        (lambda a: a.update(class_names=NAMES[:-1] + ["class 0"]), ValueError, "duplicate"),
+        (lambda a: a.update(class_names=NAMES[:-1] + [" "]), ValueError, "empty"),
+        (lambda a: a["teacher"].__setitem__((1, 2), float("nan")), ValueError, "NaN"),
+        (lambda a: a.update(seen_classes=SEEN[:-1]), ValueError, "seen_classes"),
+        (lambda a: a.update(seen_classes=list(range(C_ALL))[:C_S - 1] + [C_ALL]), ValueError,
+         "seen_classes"),
+        (lambda a: a.update(text_features=None), ValueError, "text_tower"),
+    ],
+)
+def test_bad_inputs_fail_fast(mutate, exc, match, monkeypatch):
+    import dfzsl_fast.pipeline.dfzsl as mod
+
+    def boom(*a, **k):  # no long work may start before the checks
+        raise AssertionError("stage 1 started")
+
+    monkeypatch.setattr(mod, "fit_vmf_means", boom)
+    text, W, _, _ = tiny_world()
+    args = {"teacher": W.clone(), "class_names": list(NAMES), "seen_classes": SEEN,
+            "text_features": text}
+    mutate(args)
+    with pytest.raises(exc, match=match):
+        DFZSL(tiny_config(), progress=False).fit(
+            args["teacher"], args["class_names"], args["seen_classes"],
+            text_features=args["text_features"])
+
+
+def test_tower_width_mismatch_fails_fast():
+    class Tower:
+        output_dim = 32
+        name = "fake"
+
+    text, W, _, _ = tiny_world()
+    with pytest.raises(ValueError, match="output width 32"):
+        DFZSL(tiny_config(), progress=False).fit(W, NAMES, SEEN, text_tower=Tower())
+
+
+def test_config_type_checked():
+    with pytest.raises(TypeError, match="DFZSLConfig"):
+        DFZSL({"name": "x"})
+
+
+def test_with_an_open_clip_tower_prompt_tuning_runs():
+    open_clip = pytest.importorskip("open_clip")
+    from dfzsl_fast.text.towers import OpenCLIPTextTower
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-B-32", pretrained=None, embed_dim=D,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                    "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                  "layers": 1},
+    ).eval()
+    tower = OpenCLIPTextTower(model)
+    names = ["zebra", "horse", "tiger", "lion", "whale", "dolphin", "owl", "eagle", "cat"]
+    with torch.no_grad():
+        text = tower.encode(["a photo of a " + n + "." for n in names])
+    W = F.normalize(text[SEEN] + 0.3 * torch.randn(C_S, D), dim=1)
+    res = DFZSL(tiny_config(), progress=False).fit(W, names, SEEN, text_tower=tower)
+    assert res.prompt_tuning == "done"
+    torch.testing.assert_close(res.text_features, text)
+    assert res.classifier.shift is not None and res.classifier.shift.shape == (D,)
+    assert not torch.equal(res.tuned_text_features, res.text_features)
