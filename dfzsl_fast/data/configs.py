@@ -112,9 +112,17 @@ class FLPTConfig:
     residual_weight: float = 0.005
     residual_hidden: int = 2048
     logit_scale: float = 100.0
+    # ours: choose the number of tuning steps on a class-disjoint split of the virtual base
+    # features (pipeline/flpt_validation.py); False runs the configured schedule as published
+    validate: bool = True
+    holdout_fraction: float = 0.2
 
     def __post_init__(self) -> None:
         _positive(self, "n_ctx", "lr", "epochs", "batch_size", "residual_hidden", "logit_scale")
+        if not (0.0 < self.holdout_fraction < 1.0):
+            raise ValueError(
+                f"FLPTConfig.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}"
+            )
         _nonneg(self, "weight_decay", "residual_weight")
         if not self.ctx_init.strip():
             raise ValueError("FLPTConfig.ctx_init must not be empty")
@@ -122,8 +130,17 @@ class FLPTConfig:
 
 @dataclass
 class GeneratorConfig:
-    """Stage 3: TF-VAEGAN (method.md 2.5; AWA2 launch script)."""
+    """Stage 3: TF-VAEGAN (method.md 2.5; AWA2 launch script).
 
+    ``kind`` picks how new-class features are made: ``"tfvaegan"`` (published) trains the
+    conditional generator on (virtual feature, tuned text feature) pairs; ``"vmf"`` (ours) draws
+    them from vMF(normalize(tuned text feature), kappa of stage 1), the stage-1 model applied to
+    the new classes (for which no teacher exists to refine the mean). It needs no training, and
+    it cannot put new-class features inside base-class regions, which a generator extrapolating
+    from few base classes can do.
+    """
+
+    kind: str = "tfvaegan"
     epochs: int = 120
     batch_size: int = 64
     syn_num: int = 1800  # synthetic features per unseen class
@@ -146,6 +163,8 @@ class GeneratorConfig:
         _positive(self, "decoder_lr", "critic_iters")
         _nonneg(self, "beta1", "lambda_gp", "gamma_d", "gamma_g", "recon_weight")
         _nonneg(self, "feedback_weight_train", "feedback_weight_syn")
+        if self.kind not in ("tfvaegan", "vmf"):
+            raise ValueError(f"GeneratorConfig.kind: 'tfvaegan' or 'vmf', got {self.kind!r}")
 
 
 @dataclass

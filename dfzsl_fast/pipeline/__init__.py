@@ -4,6 +4,10 @@
 - `virtual` (stage 1): `fit_vmf_means`, `virtual_features`, `select_trusted`, `default_kappa`.
 - `classifier` (stage 4): `train_final_classifier`, `logit_adjustment`.
 - `icis`: `fit_icis`, `inject`, `icis_extend` (image-free classifier injection).
+- `flpt` (stage 2): `PromptLearner`, `train_flpt`; `flpt_validation`: `select_flpt_steps`.
+- `generator` (stage 3): `TFVAEGAN`, `train_generator`, `synthesize` (imported on use).
+- `dfzsl`: `DFZSL(config).fit(...)`, the whole pipeline; `extended`: `ExtendedClassifier`,
+  `evaluate`.
 
 Each stage is usable alone; every random step takes a seed.
 """
@@ -11,6 +15,8 @@ Each stage is usable alone; every random step takes a seed.
 from __future__ import annotations
 
 from .classifier import logit_adjustment, train_final_classifier
+from .dfzsl import DFZSL, DFZSLResult, zero_shot_classifier
+from .extended import ExtendedClassifier, evaluate
 from .icis import ICIS, ICISFitInfo, fit_icis, head_targets, icis_extend, icis_loss, inject
 from .teacher import Teacher, as_teacher
 from .virtual import (
@@ -24,6 +30,11 @@ from .virtual import (
 )
 
 __all__ = [
+    "DFZSL",
+    "DFZSLResult",
+    "ExtendedClassifier",
+    "evaluate",
+    "zero_shot_classifier",
     "Teacher",
     "as_teacher",
     "fit_vmf_means",

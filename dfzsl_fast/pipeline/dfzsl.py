@@ -178,6 +178,49 @@ class DFZSL:
                 )
         return teacher, names, seen
 
+    def _tune_prompts(self, tower, names, xv, yv_all, seen, T0, kappa):
+        """Stage 2 with the validated step budget: (tuned text (C_all, D), shift (D,), note)."""
+        import dataclasses
+        import math
+
+        from .flpt import train_flpt
+
+        fcfg = self.config.flpt
+        device = T0.device
+        full = math.ceil(xv.shape[0] / fcfg.batch_size) * fcfg.epochs
+        steps = full
+        note = "done"
+        if fcfg.validate:
+            from .flpt_validation import select_flpt_steps
+
+            down = {"kappa": float(kappa.max()), "syn_num": self.config.generator.syn_num,
+                    "classifier": self.config.classifier}
+            v = select_flpt_steps(tower, names, self.config.template, xv, yv_all, seen, fcfg,
+                                  seed=self.config.seed, holdout_fraction=fcfg.holdout_fraction,
+                                  downstream=down)
+            if v.steps >= 0:
+                steps = v.steps
+                best = max(v.curve, key=lambda r: (r[3], -r[0]))
+                note = (f"done: {steps} of {full} steps, chosen on held-out base classes "
+                        f"(validation H {best[3]:.3f} vs {v.curve[0][3]:.3f} untuned)")
+        if steps <= 0:
+            return T0, torch.zeros(T0.shape[1], device=device), (
+                "skipped: tuning did not help held-out base classes (class-disjoint validation "
+                "on the virtual features)")
+        x, y, run_cfg = xv, yv_all, fcfg
+        if steps < full:
+            per_epoch = math.ceil(xv.shape[0] / fcfg.batch_size)
+            if steps >= per_epoch:
+                run_cfg = dataclasses.replace(fcfg, epochs=max(1, round(steps / per_epoch)))
+            else:  # part of one epoch: the first rows (round-robin order keeps classes balanced)
+                run_cfg = dataclasses.replace(fcfg, epochs=1)
+                x, y = xv[: steps * fcfg.batch_size], yv_all[: steps * fcfg.batch_size]
+        res = train_flpt(tower, names, self.config.template, x, y, seen, run_cfg,
+                         seed=self.config.seed, progress=self.progress)
+        T1 = res.text_features.detach().to(device=device, dtype=torch.float32)
+        shift = res.residual.detach().to(device=device, dtype=torch.float32)
+        return T1, shift, note
+
     # ------------------------------------------------------------------------------------------
     # the whole pipeline
     # ------------------------------------------------------------------------------------------
@@ -295,17 +338,14 @@ class DFZSL:
                 tens, _ = hit
                 T1, shift = tens["text_features"].to(device), tens["shift"].to(device)
                 cached.append("prompts")
+                prompt_tuning = hit[1].get("prompt_tuning", "done")
             else:
-                from .flpt import train_flpt
-
-                res = train_flpt(
-                    text_tower, names, cfg.template, xv, yv_all, seen, cfg.flpt,
-                    seed=cfg.seed, progress=self.progress,
-                )
-                T1 = res.text_features.detach().to(device=device, dtype=torch.float32)
-                shift = res.residual.detach().to(device=device, dtype=torch.float32)
-                self.cache.save("prompts", k2, {"text_features": T1, "shift": shift})
-            prompt_tuning = "done"
+                T1, shift, prompt_tuning = self._tune_prompts(text_tower, names, xv, yv_all,
+                                                              seen, T0, kappa)
+                self.cache.save("prompts", k2, {"text_features": T1, "shift": shift},
+                                {"prompt_tuning": prompt_tuning})
+            if shift is not None and not bool(shift.any()):
+                shift = None
         timings["prompts"] = time.perf_counter() - t0
         # the shifted virtual features (FLPT's x' = x + r * residual), unit-normalised as the
         # generator's preprocessing does
@@ -320,6 +360,16 @@ class DFZSL:
             tens, _ = hit
             xu, yu = tens["x"].to(device), tens["y"].to(device)
             cached.append("generator")
+        elif gcfg.kind == "vmf":
+            from .. import sample_vmf
+
+            k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
+                             device=device)
+            xu, yu = sample_vmf(F.normalize(T1[unseen.to(device)], dim=1), k_u,
+                                n_per_class=gcfg.syn_num, seed=gcfg.seed + 1,
+                                wood_b=sim.wood_b, backend=self.backend)
+            yu = unseen.to(device)[yu]
+            self.cache.save("synthetic", k3, {"x": xu, "y": yu})
         else:
             from .generator import synthesize, train_generator
 

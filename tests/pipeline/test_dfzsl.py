@@ -181,8 +181,57 @@ def test_with_an_open_clip_tower_prompt_tuning_runs():
     with torch.no_grad():
         text = tower.encode(["a photo of a " + n + "." for n in names])
     W = F.normalize(text[SEEN] + 0.3 * torch.randn(C_S, D), dim=1)
-    res = DFZSL(tiny_config(), progress=False).fit(W, names, SEEN, text_tower=tower)
+    cfg = tiny_config()
+    cfg.flpt.validate = False  # the published schedule, unconditionally
+    res = DFZSL(cfg, progress=False).fit(W, names, SEEN, text_tower=tower)
     assert res.prompt_tuning == "done"
     torch.testing.assert_close(res.text_features, text)
     assert res.classifier.shift is not None and res.classifier.shift.shape == (D,)
     assert not torch.equal(res.tuned_text_features, res.text_features)
+
+    # with the class-disjoint validation (default) the outcome is reported either way
+    res = DFZSL(tiny_config(), progress=False).fit(W, names, SEEN, text_tower=tower)
+    assert res.prompt_tuning.startswith("done: ") or res.prompt_tuning.startswith(
+        "skipped: tuning did not help")
+    if res.prompt_tuning.startswith("skipped"):
+        torch.testing.assert_close(res.tuned_text_features, res.text_features)
+        assert res.classifier.shift is None
+
+
+def test_flpt_validation_mechanics():
+    open_clip = pytest.importorskip("open_clip")
+    from dfzsl_fast.data.configs import ClassifierConfig
+    from dfzsl_fast.pipeline.flpt_validation import select_flpt_steps
+    from dfzsl_fast.text.towers import OpenCLIPTextTower
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-B-32", pretrained=None, embed_dim=D,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                    "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                  "layers": 1},
+    ).eval()
+    tower = OpenCLIPTextTower(model)
+    names = [f"thing {i}" for i in range(8)]
+    seen = torch.arange(8)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(8).repeat(12)
+    x = F.normalize(torch.randn(y.numel(), D, generator=g), dim=1)
+    cfg = tiny_config().flpt
+    kw = dict(seed=0, holdout_fraction=0.25)
+    for down in (None, {"kappa": 50.0, "syn_num": 8,
+                        "classifier": ClassifierConfig(epochs=1, batch_size=32)}):
+        v = select_flpt_steps(tower, names, "a photo of a {}.", x, y, seen, cfg, downstream=down,
+                              **kw)
+        full = math.ceil(x.shape[0] / cfg.batch_size) * cfg.epochs
+        assert 0 <= v.steps <= full and 0.0 <= v.fraction <= 1.0
+        assert v.curve[0][0] == 0 and len(v.curve) >= 2
+        assert v.held_out.numel() == 2 and bool(torch.isin(v.held_out, seen).all())
+        best = max(v.curve, key=lambda r: (r[3], -r[0]))
+        assert v.fraction == pytest.approx(best[0] / (math.ceil(72 / cfg.batch_size)))
+        for _, a_fit, a_held, h in v.curve:
+            assert 0.0 <= a_fit <= 1.0 and 0.0 <= a_held <= 1.0 and 0.0 <= h <= 1.0
+        again = select_flpt_steps(tower, names, "a photo of a {}.", x, y, seen, cfg,
+                                  downstream=down, **kw)
+        assert again.curve == v.curve  # seeded
