@@ -222,7 +222,37 @@ def run_demo(
         tmp = out / "per_class.csv.partial"
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(out / "per_class.csv")
+        if plots:
+            _plots(out, names, seen, unseen, s_dfzsl, res, x_te, y_te)
     return summary
+
+
+def _plots(out: Path, names, seen, unseen, s, res, x_te, y_te) -> None:
+    """plots/per_class_accuracy.png and plots/features_pca.png (skipped without matplotlib)."""
+    try:
+        from .plots import plot_feature_projection, plot_per_class_accuracy
+    except ImportError as exc:  # pragma: no cover - optional dependency
+        log.warning("plots skipped: %s", exc)
+        return
+    try:
+        acc = torch.full((len(names),), float("nan"))
+        acc[seen] = torch.tensor(s["per_class_seen"])
+        acc[unseen] = torch.tensor(s["per_class_unseen"])
+        mask = torch.zeros(len(names), dtype=torch.bool)
+        mask[seen] = True
+        plot_per_class_accuracy(acc, names, mask, out / "plots" / "per_class_accuracy.png",
+                                scores={k: s[k] for k in ("S", "U", "H")},
+                                title="DFZSL per-class accuracy (simulated world)")
+        (xv, yv), (xu, yu) = res.features["virtual"], res.features["synthesized"]
+        shown = torch.cat([seen[:5], unseen[:5]]).tolist()
+        plot_feature_projection(
+            {"virtual": xv, "synthesized": xu, "test": x_te},
+            {"virtual": yv, "synthesized": yu, "test": y_te},
+            out / "plots" / "features_pca.png", class_names=names, classes=shown,
+            max_per_class=60, title="virtual (seen), synthesized (unseen) and test features, PCA",
+        )
+    except ImportError as exc:
+        log.warning("plots skipped: %s", exc)
 
 
 def format_summary(s: dict[str, Any]) -> str:

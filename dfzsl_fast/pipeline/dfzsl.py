@@ -72,6 +72,8 @@ class DFZSLResult:
         history: per-epoch classifier training loss, and test scores when `eval_data` was given.
         scores: last-epoch test scores (when `eval_data` was given), and under
             "paper_protocol_max_over_epochs" the best epoch's, labelled as such.
+        features: the classifier's training set: {"virtual": (x, y), "synthesized": (x, y)},
+            labels in class_names indices (for plots and inspection).
     """
 
     classifier: ExtendedClassifier
@@ -85,6 +87,7 @@ class DFZSLResult:
     cached: list[str] = field(default_factory=list)
     history: dict[str, list] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
@@ -439,6 +442,7 @@ class DFZSL:
             classifier=clf, text_features=T0, tuned_text_features=T1, mu=mu, kappa=kappa,
             keep=keep, prompt_tuning=prompt_tuning, timings=timings, cached=cached,
             history=history, scores=scores,
+            features={"virtual": (xs, yv_all), "synthesized": (xu, yu)},
         )
 
 
