@@ -1,0 +1,1032 @@
+"""Stage 3 of DFZSL: the TF-VAEGAN feature generator (method.md 2.5).
+
+Five small MLPs (D = feature width `resSize`, A = class-embedding width `attSize`, Z = latent
+width `nz` = D by default, H = `hidden` = ngh = ndh, LeakyReLU(0.2), weights N(0, 0.02), zero
+biases), as in ``ylong4/DFZSL: tfvaegan/networks/TFVAEGAN_model.py``:
+
+    Encoder E(x, a)       [x; a] -> FC H -> LReLU -> FC 2Z -> LReLU -> heads mu_z (Z), logvar_z (Z)
+    Generator G(z, a)     [z; a] -> FC H -> LReLU = h -> (h + a1 F(dec_hidden)) -> FC D -> L2-norm
+    Discriminator D(x, a) [x; a] -> FC H -> LReLU -> FC 1
+    Feedback F(h)         FC H -> LReLU -> FC H -> LReLU
+    Decoder Dec(x)        x -> FC H -> LReLU = dec_hidden -> FC A -> L2-norm (reconstructs a)
+
+Training (`train_generator`) follows ``tfvaegan/train_images.py`` with the AWA2 launch flags
+(``--encoded_noise --freeze_dec --feedback_loop 2``). Per epoch, for loop in (0, 1) and for each
+of ceil(N / batch) iterations:
+
+- `critic_iters` critic steps, each on a fresh random batch (x, a): the decoder takes one Adam
+  step on recon_weight * WeightedL1(Dec(x), a); a fake is made from z = mu_z + sigma_z eps of the
+  encoder (loop 1: through the feedback path with a1); the critic takes one Adam step on
+  gamma_d (D(fake) - D(real)) + gamma_d lambda GP, GP = mean (||grad_x D(interp)|| - 1)^2.
+- Adaptive lambda (`adapt_lambda`): with gp_avg the mean of GP / (gamma_d lambda) over those
+  steps, lambda *= 1.1 if gp_avg > 1.05, lambda /= 1.1 if gp_avg < 1.001.
+- One generator step on the last critic batch: VAE loss (sum of squared errors + KL, both / B)
+  - gamma_g D(x_hat) + recon_weight WeightedL1(Dec(x_hat), a), with D and Dec frozen; E and G
+  step, and F too in loop 1.
+
+`synthesize` draws z ~ N(0, I) and runs G -> Dec hidden -> F -> G with a2 (the reference's
+`generate_syn_feature`), batched, seeded per class so that rows do not depend on the batch
+size or on how the class list is split.
+
+Choices where method.md is silent, taken from the reference code:
+- The two feedback loops are the OUTER loop inside an epoch (all iterations of loop 0, then all
+  iterations of loop 1), not two passes per iteration; the step count is the same.
+- Features are L2-normalised here (the fork's ``--preprocessing``), like the class embeddings:
+  G's output is a unit vector, so the VAE term only makes sense against unit targets.
+- The G step reuses the batch of the last critic step.
+- The decoder hidden layer that feeds F is detached (``getLayersOutDet``), so the first pass of
+  G in the feedback path carries no gradient; we run it under no_grad.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.configs import GeneratorConfig
+from ._progress import Progress
+
+__all__ = [
+    "Encoder",
+    "Generator",
+    "Discriminator",
+    "Feedback",
+    "SemanticDecoder",
+    "TFVAEGAN",
+    "GeneratorFitInfo",
+    "weighted_l1",
+    "adapt_lambda",
+    "train_generator",
+    "synthesize",
+    "load_generator",
+]
+
+_SLOPE = 0.2  # LeakyReLU negative slope of every network
+_INIT_STD = 0.02
+_FEEDBACK_LOOPS = 2  # --feedback_loop 2 (the reference script; not a config field)
+_CKPT_FORMAT = "dfzsl_fast.tfvaegan/1"
+# Config fields that may differ between a checkpoint and the run resuming it: `epochs` (to train
+# longer) and the two synthesis-only settings.
+_RESUMABLE_FIELDS = ("epochs", "syn_num", "feedback_weight_syn")
+# synthesize() draws each class's noise in fixed blocks of this many rows, so the random stream
+# (and hence every row) is independent of the caller's batch_size.
+_NOISE_BLOCK = 4096
+
+
+# ------------------------------------------------------------------------------- networks
+def _linear(n_in: int, n_out: int) -> nn.Linear:
+    # Built on the meta device and materialised uninitialised: nn.Linear's own kaiming init would
+    # consume (and so perturb) the global RNG; `_init_linears` sets the real weights.
+    return nn.Linear(n_in, n_out, device="meta").to_empty(device="cpu")
+
+
+def _init_linears(module: nn.Module, generator: torch.Generator | None) -> None:
+    """N(0, 0.02) weights and zero biases for every nn.Linear (the reference `weights_init`)."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.normal_(0.0, _INIT_STD, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+
+
+def _lrelu(t: torch.Tensor) -> torch.Tensor:
+    return F.leaky_relu(t, _SLOPE)
+
+
+class Encoder(nn.Module):
+    """E(x, a) -> (mu_z, logvar_z): [x; a] -> FC H -> LReLU -> FC 2Z -> LReLU -> two FC Z heads.
+
+    Args:
+        feature_dim: D. embed_dim: A. latent_dim: Z. hidden: H (ndh in the reference).
+        generator: RNG of the N(0, 0.02) init (None: torch's global RNG).
+
+    Shapes: x (B, D), a (B, A) float32 -> mu_z, logvar_z (B, Z).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        latent_dim: int,
+        hidden: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.fc1 = _linear(feature_dim + embed_dim, hidden)
+        self.fc3 = _linear(hidden, 2 * latent_dim)
+        self.linear_means = _linear(2 * latent_dim, latent_dim)
+        self.linear_log_var = _linear(2 * latent_dim, latent_dim)
+        _init_linears(self, generator)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = _lrelu(self.fc3(_lrelu(self.fc1(torch.cat((x, a), dim=1)))))
+        return self.linear_means(h), self.linear_log_var(h)
+
+
+class Generator(nn.Module):
+    """G(z, a, feedback=None, a1=0) -> unit rows: [z; a] -> FC H -> LReLU -> (+ a1 fb) -> FC D.
+
+    The output is L2-normalised (DFZSL's change; the original TF-VAEGAN used a sigmoid). With
+    `feedback` (the (B, H) output of `Feedback`), the hidden layer becomes h + a1 * feedback
+    before the last FC; without it, `a1` is ignored (as in the reference).
+
+    Shapes: z (B, Z), a (B, A), feedback (B, H) or None -> (B, D) float32 unit rows.
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        latent_dim: int,
+        hidden: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.fc1 = _linear(latent_dim + embed_dim, hidden)
+        self.fc3 = _linear(hidden, feature_dim)
+        _init_linears(self, generator)
+
+    def hidden(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """The (B, H) hidden layer h = LReLU(FC([z; a])), before any feedback."""
+        return _lrelu(self.fc1(torch.cat((z, a), dim=1)))
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The last layer on a (B, H) hidden layer: L2-normalise(FC(h)) -> (B, D)."""
+        return F.normalize(self.fc3(h), dim=1)
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        feedback: torch.Tensor | None = None,
+        a1: float = 0.0,
+    ) -> torch.Tensor:
+        h = self.hidden(z, a)
+        if feedback is not None:
+            h = h + a1 * feedback
+        return self.output(h)
+
+
+class Discriminator(nn.Module):
+    """The conditional critic D(x, a): [x; a] -> FC H -> LReLU -> FC 1 (no output activation).
+
+    Shapes: x (B, D), a (B, A) -> (B, 1).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        hidden: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.feature_dim = int(feature_dim)
+        self.fc1 = _linear(feature_dim + embed_dim, hidden)
+        self.fc2 = _linear(hidden, 1)
+        _init_linears(self, generator)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self.fc2(_lrelu(self.fc1(torch.cat((x, a), dim=1))))
+
+    def input_gradient(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """grad_x D(x, a) per row, (B, D), differentiable w.r.t. D's weights.
+
+        For this two-layer critic, grad_x D = (s * w2) @ W1[:, :D] with s = LeakyReLU'(pre) in
+        {1, 0.2} (1 where pre > 0, as autograd's leaky_relu_backward). s is piecewise constant,
+        so its derivative is zero almost everywhere and this closed form has exactly the
+        parameter gradients of the reference double-backward (`autograd.grad(...,
+        create_graph=True)`), at a fraction of the cost: the pre-activation needs no graph and
+        x needs no gradient. Tested against autograd.
+        """
+        with torch.no_grad():
+            pre = self.fc1(torch.cat((x, a), dim=1))
+            s = torch.where(pre > 0, 1.0, _SLOPE).to(pre.dtype)
+        return (s * self.fc2.weight) @ self.fc1.weight[:, : self.feature_dim]
+
+    def critic_terms(
+        self, real: torch.Tensor, fake: torch.Tensor, interp: torch.Tensor, a: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """D(real, a), D(fake, a) and `input_gradient(interp, a)` in one pass: (B, 1) x 2, (B, D).
+
+        The three inputs share the condition a, so a's part of the first layer, a @ W1[:, D:]^T
+        + b1, is computed once instead of three times (about 10% of a critic step's FLOPs at
+        D = A). Same values as the separate calls up to float rounding (tested).
+        """
+        B, Dx = a.shape[0], self.feature_dim
+        w_x, w_a = self.fc1.weight[:, :Dx], self.fc1.weight[:, Dx:]
+        pre_a = F.linear(a, w_a, self.fc1.bias)  # (B, H)
+        pre = F.linear(torch.cat((real, fake)), w_x).view(2, B, -1) + pre_a
+        out = self.fc2(_lrelu(pre))  # (2, B, 1)
+        with torch.no_grad():
+            s = torch.where(F.linear(interp, w_x) + pre_a > 0, 1.0, _SLOPE).to(pre.dtype)
+        return out[0], out[1], (s * self.fc2.weight) @ w_x
+
+
+class Feedback(nn.Module):
+    """F(h): FC H -> LReLU -> FC H -> LReLU; maps the decoder hidden layer to G's hidden layer.
+
+    Shapes: (B, H) -> (B, H).
+    """
+
+    def __init__(self, hidden: int, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.fc1 = _linear(hidden, hidden)
+        self.fc2 = _linear(hidden, hidden)
+        _init_linears(self, generator)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return _lrelu(self.fc2(_lrelu(self.fc1(h))))
+
+
+class SemanticDecoder(nn.Module):
+    """Dec(x): x -> FC H -> LReLU (the hidden layer fed to F) -> FC A -> L2-normalise.
+
+    Reconstructs the (unit) class embedding of a feature. `hidden(x)` gives the (B, H) hidden
+    layer alone; `forward(x, return_hidden=True)` gives both.
+
+    Shapes: x (B, D) -> (B, A) unit rows [, (B, H)].
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        hidden: int,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.fc1 = _linear(feature_dim, hidden)
+        self.fc3 = _linear(hidden, embed_dim)
+        _init_linears(self, generator)
+
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return _lrelu(self.fc1(x))
+
+    def forward(
+        self, x: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        h = self.hidden(x)
+        out = F.normalize(self.fc3(h), dim=1)
+        return (out, h) if return_hidden else out
+
+
+class TFVAEGAN(nn.Module):
+    """The five TF-VAEGAN networks: `encoder`, `generator`, `discriminator`, `feedback`, `decoder`.
+
+    Args:
+        feature_dim: D (resSize; 512 for CLIP ViT-B/16).
+        embed_dim: A (attSize; 512 for CLIP text features).
+        hidden: H = ngh = ndh (1024).
+        latent_dim: Z = nz = latent_size (None: D, as in DFZSL).
+        seed: seeds the N(0, 0.02) init with a private generator (None: torch's global RNG).
+        config: the `GeneratorConfig` it was (or will be) trained with; `synthesize` takes its
+            default a2 from it. None: `GeneratorConfig()`.
+
+    Networks are initialised in the order E, G, D, F, Dec from one generator, in float32 on the
+    CPU (move with `.to(device)`).
+    """
+
+    def __init__(
+        self,
+        feature_dim: int,
+        embed_dim: int,
+        hidden: int = 1024,
+        latent_dim: int | None = None,
+        *,
+        seed: int | None = 0,
+        config: GeneratorConfig | None = None,
+    ) -> None:
+        super().__init__()
+        D = _check_int(feature_dim, "feature_dim", 1)
+        A = _check_int(embed_dim, "embed_dim", 1)
+        H = _check_int(hidden, "hidden", 1)
+        Z = D if latent_dim is None else _check_int(latent_dim, "latent_dim", 1)
+        self.feature_dim, self.embed_dim, self.hidden, self.latent_dim = D, A, H, Z
+        self.config = config if config is not None else GeneratorConfig()
+        g = None if seed is None else torch.Generator().manual_seed(_derive_seed(seed, 0))
+        self.encoder = Encoder(D, A, Z, H, g)
+        self.generator = Generator(D, A, Z, H, g)
+        self.discriminator = Discriminator(D, A, H, g)
+        self.feedback = Feedback(H, g)
+        self.decoder = SemanticDecoder(D, A, H, g)
+
+    def shape_dict(self) -> dict[str, int]:
+        return {
+            "feature_dim": self.feature_dim,
+            "embed_dim": self.embed_dim,
+            "hidden": self.hidden,
+            "latent_dim": self.latent_dim,
+        }
+
+    def generate(
+        self,
+        z: torch.Tensor,
+        a: torch.Tensor,
+        a1: float | None = None,
+        *,
+        use_feedback: bool = True,
+    ) -> torch.Tensor:
+        """x_hat = G(z, a, F(Dec.hidden(G(z, a))), a1): the feedback path (or plain G(z, a)).
+
+        The decoder's hidden layer is detached, as in the reference, so gradients reach G's
+        second pass and F only.
+
+        Args:
+            z: (B, Z) latent. a: (B, A) unit class embeddings.
+            a1: feedback weight (None: `config.feedback_weight_syn`).
+            use_feedback: False gives G(z, a) alone.
+
+        Returns:
+            (B, D) unit rows.
+        """
+        if not use_feedback:
+            return self.generator(z, a)
+        if a1 is None:
+            a1 = self.config.feedback_weight_syn
+        # Both passes of G share h = LReLU(FC([z; a])): computed once (the reference computes it
+        # twice). The first pass only feeds the detached decoder hidden layer: no graph.
+        h = self.generator.hidden(z, a)
+        with torch.no_grad():
+            dec_hidden = self.decoder.hidden(self.generator.output(h))
+        return self.generator.output(h + a1 * self.feedback(dec_hidden))
+
+    def forward(self, z: torch.Tensor, a: torch.Tensor, a1: float | None = None) -> torch.Tensor:
+        """Same as `generate(z, a, a1)`."""
+        return self.generate(z, a, a1)
+
+
+# ------------------------------------------------------------------------------- losses
+def weighted_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """TF-VAEGAN's WeightedL1: mean over rows of sum_j |e_j| e_j^2 / ||e||_2, e = pred - target.
+
+    A row with e = 0 contributes 0 (the norm is clamped to the dtype's tiny, which also keeps
+    the gradient finite there; the reference would give 0/0 = NaN).
+
+    Args:
+        pred, target: (B, A) float tensors.
+
+    Returns:
+        0-d tensor (differentiable).
+
+    Example:
+        >>> weighted_l1(torch.tensor([[3.0, 4.0]]), torch.zeros(1, 2))  # (27 + 64) / 5
+        tensor(18.2000)
+    """
+    e = pred - target
+    norm = e.norm(dim=1).clamp_min(torch.finfo(e.dtype).tiny)
+    return ((e.abs() * e.square()).sum(dim=1) / norm).mean()
+
+
+def _vae_loss(
+    recon: torch.Tensor, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> torch.Tensor:
+    # Reference `loss_fn`: summed squared error + KL(N(mu, sigma^2) || N(0, I)), both / B.
+    B = x.shape[0]
+    sse = (recon - x).square().sum()
+    kld = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum()
+    return (sse + kld) / B
+
+
+def adapt_lambda(
+    lam: float | torch.Tensor,
+    gp_avg: float | torch.Tensor,
+    *,
+    upper: float = 1.05,
+    lower: float = 1.001,
+    factor: float = 1.1,
+) -> float | torch.Tensor:
+    """The adaptive gradient-penalty weight of TF-VAEGAN.
+
+    gp_avg is the mean of (||grad|| - 1)^2 over the critic steps just taken (= the reference's
+    gp_sum / (gamma_d * lambda * critic_iters)). Returns lambda * factor if gp_avg > upper,
+    lambda / factor if gp_avg < lower, else lambda. Works on Python floats and, without a host
+    sync, on 0-d tensors (`torch.where`).
+
+    Note what the published thresholds do: gp_avg lies in [1.001, 1.05] only when ||grad|| is
+    about 2.0-2.02 (or about 0), so lambda shrinks by 1.1 at almost every iteration while the
+    critic's gradient norm is below ~2 and grows only beyond it; with ||grad|| near 1 (the
+    usual WGAN-GP target) lambda decays geometrically (~1e-7 after 190 iterations). This is the
+    reference behaviour and is kept; lambda_gp = 0 disables the penalty altogether.
+
+    Example:
+        >>> adapt_lambda(10.0, 1.2), adapt_lambda(10.0, 1.02), adapt_lambda(10.0, 0.5)
+        (11.0, 10.0, 9.090909090909092)
+    """
+    if isinstance(lam, torch.Tensor) or isinstance(gp_avg, torch.Tensor):
+        lam_t = torch.as_tensor(lam)
+        gp_t = torch.as_tensor(gp_avg, device=lam_t.device)
+        return torch.where(
+            gp_t > upper, lam_t * factor, torch.where(gp_t < lower, lam_t / factor, lam_t)
+        )
+    if gp_avg > upper:
+        return lam * factor
+    if gp_avg < lower:
+        return lam / factor
+    return lam
+
+
+# ------------------------------------------------------------------------------- checks
+def _check_int(v: Any, name: str, low: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {v}")
+    return int(v)
+
+
+def _check_matrix(t: Any, name: str, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a {what} tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected shape {what}, got {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)})")
+    t = t.detach()
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {i} contains NaN or Inf")
+    zero = (t == 0).all(dim=1)
+    if bool(zero.any()):
+        i = int(zero.nonzero()[0, 0])
+        raise ValueError(f"{name}: row {i} is all zero and cannot be L2-normalised")
+    return t
+
+
+def _check_seed(seed: Any, name: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(seed).__name__}")
+    return int(seed)
+
+
+def _derive_seed(seed: int, stream: int) -> int:
+    """A 63-bit seed for sub-stream `stream` of `seed` (splitmix64 finaliser).
+
+    Distinct (seed, stream) pairs give unrelated seeds, unlike seed + stream, where seed 0 /
+    class 1 would equal seed 1 / class 0.
+    """
+    mask = (1 << 64) - 1
+    x = (int(seed) * 0x9E3779B97F4A7C15 + int(stream) * 0xD1B54A32D192ED03 + 1) & mask
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
+    return (x ^ (x >> 31)) & ((1 << 63) - 1)
+
+
+def _fingerprint(*tensors: torch.Tensor) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for t in tensors:
+        a = t.detach().cpu().contiguous()
+        h.update(str((a.dtype, tuple(a.shape))).encode())
+        h.update(a.numpy().tobytes())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------- training
+@dataclass
+class GeneratorFitInfo:
+    """Per-epoch records of `train_generator(..., return_info=True)` (all epochs, resumed ones
+    included; Python floats).
+
+    Attributes:
+        history: dict of lists, one entry per epoch:
+            ``d_cost`` mean critic loss gamma_d (D(fake) - D(real)) + gamma_d lambda GP;
+            ``wasserstein`` mean gamma_d (D(real) - D(fake));
+            ``gp`` mean (||grad|| - 1)^2;
+            ``g_adv`` mean -D(x_hat) (unscaled; the G loss uses gamma_g times it);
+            ``vae`` mean VAE loss; ``dec_real`` mean WeightedL1(Dec(x), a) of the decoder steps;
+            ``dec_fake`` mean WeightedL1(Dec(x_hat), a) of the G steps;
+            ``lambda`` the GP weight at the end of the epoch; ``seconds`` the epoch's wall time.
+        start_epoch: epochs already done when this call started (from a checkpoint).
+        epochs: epochs done when it returned.
+        seconds: wall time of this call's training.
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    start_epoch: int = 0
+    epochs: int = 0
+    seconds: float = 0.0
+
+
+_HISTORY_KEYS = (
+    "d_cost",
+    "wasserstein",
+    "gp",
+    "g_adv",
+    "vae",
+    "dec_real",
+    "dec_fake",
+    "lambda",
+    "seconds",
+)
+
+
+def _config_dict(config: GeneratorConfig) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_FIELDS}
+
+
+def _save_atomic(obj: dict[str, Any], path: Path) -> None:
+    # Write to a temporary file in the target folder, flush to disk, then rename over the old
+    # checkpoint: os.replace is atomic on POSIX and Windows, so an interrupt (Ctrl-C, a killed
+    # job) leaves either the previous complete checkpoint or the new one, never a torn file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a foreign or damaged file
+        raise ValueError(f"checkpoint: cannot read {path} ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != _CKPT_FORMAT:
+        raise ValueError(f"checkpoint: {path} is not a dfzsl_fast TF-VAEGAN checkpoint")
+    return ckpt
+
+
+def _check_compatible(ckpt: dict[str, Any], expect: dict[str, Any], path: Path) -> None:
+    for key in ("shapes", "data", "seed", "config"):
+        have, want = ckpt.get(key), expect[key]
+        if have == want:
+            continue
+        if isinstance(want, dict) and isinstance(have, dict):
+            diff = [
+                f"{k}: checkpoint {have.get(k)!r} vs now {want.get(k)!r}"
+                for k in sorted(set(want) | set(have))
+                if have.get(k) != want.get(k)
+            ]
+            detail = "; ".join(diff)
+        else:
+            detail = f"checkpoint {have!r} vs now {want!r}"
+        what = {
+            "shapes": "network/data shapes differ",
+            "data": "the training data (features, labels or class embeddings) differ",
+            "seed": "the seed differs",
+            "config": "the generator config differs",
+        }[key]
+        raise ValueError(
+            f"checkpoint: {path} was written by a different run ({what}: {detail}); pass "
+            "resume=False to overwrite it, or another checkpoint path"
+        )
+
+
+def load_generator(path: str | os.PathLike, device: torch.device | str | None = None) -> TFVAEGAN:
+    """Rebuild the trained `TFVAEGAN` stored in a `train_generator` checkpoint.
+
+    Args:
+        path: the checkpoint file. device: where to put the networks (default CPU).
+
+    Returns:
+        The model after the checkpoint's last completed epoch, in eval mode, with its config.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"path: no checkpoint at {p}")
+    ckpt = _load_checkpoint(p)
+    cfg = GeneratorConfig(**{**dataclasses.asdict(GeneratorConfig()), **ckpt["full_config"]})
+    model = TFVAEGAN(**ckpt["shapes_model"], seed=None, config=cfg)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device if device is not None else "cpu").eval()
+
+
+def _batch_indices(n: int, b: int, steps: int, gen: torch.Generator) -> torch.Tensor:
+    # The reference `next_seen_batch`: every batch is the first b entries of a fresh randperm(n)
+    # (no repeats inside a batch, batches independent). Drawn for a whole loop at once on the CPU
+    # so the device sees a single copy.
+    out = torch.empty(steps, b, dtype=torch.int64)
+    for s in range(steps):
+        out[s] = torch.randperm(n, generator=gen)[:b]
+    return out
+
+
+def train_generator(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    config: GeneratorConfig | None = None,
+    *,
+    seed: int | None = None,
+    latent_dim: int | None = None,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = True,
+    callback: Callable[[int, TFVAEGAN, dict[str, float]], None] | None = None,
+    device: torch.device | str | None = None,
+    return_info: bool = False,
+) -> TFVAEGAN | tuple[TFVAEGAN, GeneratorFitInfo]:
+    """Train DFZSL's TF-VAEGAN on (virtual) seen features (method.md 2.5).
+
+    Args:
+        features: (N, D) float training features (any norm; L2-normalised here, as the fork's
+            ``--preprocessing``). NaN/Inf or all-zero rows are errors.
+        labels: (N,) int64 class indices into `class_embeddings`, in [0, C).
+        class_embeddings: (C, A) float class embeddings (the tuned text features of all
+            classes, any norm; L2-normalised here). Classes without training rows (the unseen
+            ones) are allowed: `synthesize` uses them later.
+        config: `GeneratorConfig` (None: the defaults = the AWA2 launch script): epochs,
+            batch_size, hidden, lr (E, G, D), beta1, feedback_lr, decoder_lr, critic_iters,
+            lambda_gp (initial), gamma_d, gamma_g, recon_weight, feedback_weight_train (a1).
+        seed: seeds the init, the batches and the noise through private generators; the global
+            RNG is untouched (None: `config.seed`). Same seed, data and config => same weights.
+        latent_dim: Z (None: D, as in DFZSL).
+        progress: progress bar over iterations (losses shown after each epoch).
+        checkpoint: a file path. After every epoch the full state (networks, optimisers, lambda,
+            RNG states, history) is written there atomically. None: no checkpointing.
+        resume: if `checkpoint` exists, continue from it (it must come from the same data,
+            shapes, seed and config except `epochs`, `syn_num`, `feedback_weight_syn`, else a
+            ValueError). False: start afresh and overwrite it.
+        callback: called as callback(epoch, model, record) after each epoch (after the
+            checkpoint is written), record = that epoch's `GeneratorFitInfo.history` entries.
+            The model is in train mode (and is put back in it afterwards), so a callback may
+            evaluate, e.g. `synthesize` on held-out classes.
+        device: where to train (None: features' device).
+        return_info: also return a `GeneratorFitInfo`.
+
+    Returns:
+        The trained `TFVAEGAN` (eval mode, on `device`, `model.config = config`); with
+        `return_info`, (model, info).
+
+    Raises:
+        TypeError / ValueError naming the argument: wrong types, width mismatches, labels out of
+        range, empty inputs, NaN/Inf, a checkpoint from a different run, or a checkpoint with
+        more epochs than `config.epochs`.
+
+    Cost: per epoch 2 x ceil(N / batch) x (critic_iters + 1) optimiser steps of small MLPs; on
+    a 2-core CPU about 10 GFLOP per (critic_iters + 1)-step iteration at D = A = 512, H = 1024.
+
+    Example:
+        >>> cfg = GeneratorConfig(epochs=120)
+        >>> model = train_generator(x_virtual, y_virtual, text_all, cfg, checkpoint="gan.pt")
+        >>> x_syn, y_syn = synthesize(model, text_all, unseen, cfg.syn_num, seed=0)
+    """
+    if config is None:
+        config = GeneratorConfig()
+    if not isinstance(config, GeneratorConfig):
+        raise TypeError(f"config: expected a GeneratorConfig, got {type(config).__name__}")
+    x_in = _check_matrix(features, "features", "(N, D)")
+    e_in = _check_matrix(class_embeddings, "class_embeddings", "(C, A)")
+    N, D = x_in.shape
+    C, A = e_in.shape
+    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
+        raise TypeError("labels: expected an int64 tensor")
+    if labels.shape != (N,):
+        raise ValueError(
+            f"labels: expected shape ({N},) to match features' {N} rows, got {tuple(labels.shape)}"
+        )
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= C:
+        raise ValueError(
+            f"labels: class indices must lie in [0, {C}) (rows of class_embeddings), got range "
+            f"[{lo}, {hi}]"
+        )
+    seed = config.seed if seed is None else seed
+    seed = _check_seed(seed)
+    if latent_dim is not None:
+        latent_dim = _check_int(latent_dim, "latent_dim", 1)
+    Z = D if latent_dim is None else latent_dim
+    epochs = _check_int(config.epochs, "config.epochs", 1)
+    H = _check_int(config.hidden, "config.hidden", 1)
+    critic_iters = _check_int(config.critic_iters, "config.critic_iters", 1)
+    batch = _check_int(config.batch_size, "config.batch_size", 1)
+    device = torch.device(device) if device is not None else x_in.device
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+
+    B = min(batch, N)  # randperm(N)[:batch] holds N rows when N < batch
+    iters = math.ceil(N / batch)  # the reference: range(0, ntrain, batch_size)
+    a1 = float(config.feedback_weight_train)
+    gamma_d, gamma_g = float(config.gamma_d), float(config.gamma_g)
+    rw = float(config.recon_weight)
+
+    x_all = F.normalize(x_in.to(device=device, dtype=torch.float32), dim=1)
+    emb = F.normalize(e_in.to(device=device, dtype=torch.float32), dim=1)
+    y_all = labels.detach().to(device)
+    expect = {
+        "shapes": {"N": N, "D": D, "C": C, "A": A, "hidden": H, "latent_dim": Z},
+        "data": _fingerprint(x_in.float(), labels, e_in.float()),
+        "seed": seed,
+        "config": _config_dict(config),
+    }
+
+    model = TFVAEGAN(D, A, H, Z, seed=seed, config=config).to(device)
+    E, G, Dn, Fb, Dec = (
+        model.encoder,
+        model.generator,
+        model.discriminator,
+        model.feedback,
+        model.decoder,
+    )
+    betas = (float(config.beta1), 0.999)
+    # The fused Adam kernel (one pass over each tensor; CPU and CUDA) is the same update as the
+    # default per-tensor loop but ~7x faster on a 2-core CPU, where the loop's ten elementwise
+    # passes over 16.6M parameter updates per iteration cost more than the matmuls.
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    opt_e = torch.optim.Adam(E.parameters(), lr=config.lr, **fused)  # default betas (reference)
+    opt_g = torch.optim.Adam(G.parameters(), lr=config.lr, betas=betas, **fused)
+    opt_d = torch.optim.Adam(Dn.parameters(), lr=config.lr, betas=betas, **fused)
+    opt_f = torch.optim.Adam(Fb.parameters(), lr=config.feedback_lr, betas=betas, **fused)
+    opt_dec = torch.optim.Adam(Dec.parameters(), lr=config.decoder_lr, betas=betas, **fused)
+    opts = {"e": opt_e, "g": opt_g, "d": opt_d, "f": opt_f, "dec": opt_dec}
+
+    idx_gen = torch.Generator().manual_seed(_derive_seed(seed, 1))  # batches (CPU)
+    noise_gen = torch.Generator(device=device).manual_seed(_derive_seed(seed, 2))  # eps, alpha
+    # lambda lives on the device so the adaptive rule needs no host sync per iteration.
+    lam = torch.tensor(float(config.lambda_gp), dtype=torch.float64, device=device)
+    history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
+    start_epoch = 0
+
+    if ckpt_path is not None and resume and ckpt_path.exists():
+        ckpt = _load_checkpoint(ckpt_path)
+        _check_compatible(ckpt, expect, ckpt_path)
+        if ckpt["epoch"] > epochs:
+            raise ValueError(
+                f"checkpoint: {ckpt_path} already holds {ckpt['epoch']} epochs but "
+                f"config.epochs is {epochs}; raise config.epochs or pass resume=False"
+            )
+        model.load_state_dict(ckpt["model"])
+        for k, o in opts.items():
+            o.load_state_dict(ckpt["optim"][k])
+        lam.fill_(float(ckpt["lambda"]))
+        idx_gen.set_state(ckpt["rng"]["idx"])
+        noise_gen.set_state(ckpt["rng"]["noise"].to(noise_gen.get_state().device))
+        history = {k: list(ckpt["history"].get(k, [])) for k in _HISTORY_KEYS}
+        start_epoch = int(ckpt["epoch"])
+
+    def save(epoch: int) -> None:
+        _save_atomic(
+            {
+                "format": _CKPT_FORMAT,
+                **expect,
+                "full_config": dataclasses.asdict(config),
+                "shapes_model": model.shape_dict(),
+                "epoch": epoch,
+                "model": model.state_dict(),
+                "optim": {k: o.state_dict() for k, o in opts.items()},
+                "lambda": float(lam),
+                "rng": {"idx": idx_gen.get_state(), "noise": noise_gen.get_state().cpu()},
+                "history": history,
+            },
+            ckpt_path,
+        )
+
+    model.train()
+    d_params = list(Dn.parameters())
+    dec_params = list(Dec.parameters())
+    zero = torch.zeros((), dtype=torch.float64, device=device)
+    t_start = time.perf_counter()
+    total_iters = (epochs - start_epoch) * _FEEDBACK_LOOPS * iters
+    with Progress(total_iters, "dfzsl stage 3: TF-VAEGAN", enabled=progress) as bar:
+        for epoch in range(start_epoch, epochs):
+            t_epoch = time.perf_counter()
+            # Sums over the epoch, kept on the device (no per-step host sync).
+            acc = {k: zero.clone() for k in _HISTORY_KEYS if k not in ("lambda", "seconds")}
+            n_crit = n_gen = 0
+            for loop in range(_FEEDBACK_LOOPS):
+                use_fb = loop == 1
+                idx_loop = _batch_indices(N, B, iters * critic_iters, idx_gen).to(device)
+                for it in range(iters):
+                    # ---------------- critic (and decoder) steps
+                    for p in d_params:
+                        p.requires_grad_(True)
+                    for p in dec_params:
+                        p.requires_grad_(True)
+                    gp_sum = zero.clone()
+                    for c in range(critic_iters):
+                        idx = idx_loop[it * critic_iters + c]
+                        x = x_all[idx]
+                        a = emb[y_all[idx]]
+                        # Decoder on real features (before the fake is made, as the reference).
+                        opt_dec.zero_grad(set_to_none=True)
+                        r_real = weighted_l1(Dec(x), a)
+                        (rw * r_real).backward()
+                        opt_dec.step()
+                        # The fake: its gradient is never used by the critic step (the
+                        # reference detaches it), so E, G, Dec and F run without a graph.
+                        with torch.no_grad():
+                            mu, logvar = E(x, a)
+                            eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                            z = eps * torch.exp(0.5 * logvar) + mu
+                            fake = model.generate(z, a, a1) if use_fb else G(z, a)
+                            alpha = torch.rand((B, 1), generator=noise_gen, device=device)
+                            interp = alpha * x + (1 - alpha) * fake
+                        opt_d.zero_grad(set_to_none=True)
+                        out_real, out_fake, grad = Dn.critic_terms(x, fake, interp, a)
+                        d_real, d_fake = out_real.mean(), out_fake.mean()
+                        gp = (grad.norm(dim=1) - 1).square().mean()
+                        d_cost = gamma_d * (d_fake - d_real) + gamma_d * lam.float() * gp
+                        d_cost.backward()
+                        opt_d.step()
+                        gp_sum += gp.detach()
+                        acc["d_cost"] += d_cost.detach()
+                        acc["wasserstein"] += gamma_d * (d_real - d_fake).detach()
+                        acc["dec_real"] += r_real.detach()
+                        n_crit += 1
+                    acc["gp"] += gp_sum
+                    lam = adapt_lambda(lam, gp_sum / critic_iters)
+
+                    # ---------------- generator step (D and Dec frozen: --freeze_dec)
+                    for p in d_params:
+                        p.requires_grad_(False)
+                    for p in dec_params:
+                        p.requires_grad_(False)
+                    opt_e.zero_grad(set_to_none=True)
+                    opt_g.zero_grad(set_to_none=True)
+                    opt_f.zero_grad(set_to_none=True)
+                    mu, logvar = E(x, a)
+                    eps = torch.randn(mu.shape, generator=noise_gen, device=device)
+                    z = eps * torch.exp(0.5 * logvar) + mu
+                    x_hat = model.generate(z, a, a1) if use_fb else G(z, a)
+                    vae = _vae_loss(x_hat, x, mu, logvar)
+                    g_adv = -Dn(x_hat, a).mean()
+                    r_fake = weighted_l1(Dec(x_hat), a)
+                    err_g = vae + gamma_g * g_adv + rw * r_fake
+                    err_g.backward()
+                    opt_e.step()
+                    opt_g.step()
+                    if use_fb:
+                        opt_f.step()
+                    acc["g_adv"] += g_adv.detach()
+                    acc["vae"] += vae.detach()
+                    acc["dec_fake"] += r_fake.detach()
+                    n_gen += 1
+                    bar.update(1)
+
+            # One host sync per epoch.
+            n_gp = n_gen * critic_iters
+            record = {
+                "d_cost": float(acc["d_cost"]) / n_crit,
+                "wasserstein": float(acc["wasserstein"]) / n_crit,
+                "gp": float(acc["gp"]) / n_gp,
+                "g_adv": float(acc["g_adv"]) / n_gen,
+                "vae": float(acc["vae"]) / n_gen,
+                "dec_real": float(acc["dec_real"]) / n_crit,
+                "dec_fake": float(acc["dec_fake"]) / n_gen,
+                "lambda": float(lam),
+                "seconds": time.perf_counter() - t_epoch,
+            }
+            for k in _HISTORY_KEYS:
+                history[k].append(record[k])
+            for p in d_params + dec_params:
+                p.requires_grad_(True)
+            if ckpt_path is not None:
+                save(epoch + 1)
+            bar.update(0, epoch=epoch + 1, d=record["d_cost"], vae=record["vae"])
+            if callback is not None:
+                callback(epoch, model, record)
+                model.train()
+
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.eval()
+    if not return_info:
+        return model
+    info = GeneratorFitInfo(
+        history=history,
+        start_epoch=start_epoch,
+        epochs=max(epochs, start_epoch),
+        seconds=time.perf_counter() - t_start,
+    )
+    return model, info
+
+
+# ------------------------------------------------------------------------------- synthesis
+def _class_indices(classes: Any, C: int) -> torch.Tensor:
+    t = torch.as_tensor(classes)
+    if t.numel() == 0:  # checked first: torch.as_tensor([]) is float32
+        raise ValueError("classes: is empty")
+    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:
+        raise TypeError("classes: expected a 1-D sequence of integer class indices")
+    t = t.to(torch.int64).cpu()
+    lo, hi = int(t.min()), int(t.max())
+    if lo < 0 or hi >= C:
+        raise ValueError(
+            f"classes: indices must lie in [0, {C}) (rows of class_embeddings), got range "
+            f"[{lo}, {hi}]"
+        )
+    if t.unique().numel() != t.numel():
+        raise ValueError("classes: contains duplicate class indices (they would get equal rows)")
+    return t
+
+
+def synthesize(
+    model: TFVAEGAN,
+    class_embeddings: torch.Tensor,
+    classes: Sequence[int] | torch.Tensor,
+    num_per_class: int,
+    *,
+    seed: int,
+    batch_size: int | None = None,
+    a2: float | None = None,
+    use_feedback: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Synthesise features of the given classes with a trained TF-VAEGAN (no grad).
+
+    Each row is G(z, a_c, F(Dec.hidden(G(z, a_c))), a2) with z ~ N(0, I_Z) (the reference
+    `generate_syn_feature`). Class c's noise comes from its own generator seeded by (seed, c),
+    drawn in fixed blocks of rows, so the result does not depend on `batch_size` or on the
+    order/splitting of `classes`: synthesize(m, e, [0, 1], n) equals the concatenation of
+    synthesize(m, e, [0], n) and synthesize(m, e, [1], n) (to float rounding of the matmuls).
+
+    Args:
+        model: a trained `TFVAEGAN` (its device is used; its train/eval mode is kept).
+        class_embeddings: (C, A) float embeddings of all classes (any norm; L2-normalised here,
+            as in training).
+        classes: (K,) distinct class indices into `class_embeddings`.
+        num_per_class: rows per class (>= 1), e.g. `config.syn_num`.
+        seed: noise seed.
+        batch_size: rows per network pass, bounding memory (None: 8192).
+        a2: feedback weight (None: `model.config.feedback_weight_syn`, 0.01).
+        use_feedback: False uses G(z, a) alone.
+
+    Returns:
+        x: (K * num_per_class, D) float32 unit rows on the model's device, grouped by class in
+        the order of `classes`; y: (K * num_per_class,) int64 class indices.
+
+    Example:
+        >>> x_u, y_u = synthesize(model, text_all, unseen_classes, 1800, seed=0)
+    """
+    if not isinstance(model, TFVAEGAN):
+        raise TypeError(f"model: expected a TFVAEGAN, got {type(model).__name__}")
+    e_in = _check_matrix(class_embeddings, "class_embeddings", "(C, A)")
+    C, A = e_in.shape
+    if A != model.embed_dim:
+        raise ValueError(
+            f"class_embeddings: width {A} does not match the model's embedding width "
+            f"{model.embed_dim}"
+        )
+    cls = _class_indices(classes, C)
+    num = _check_int(num_per_class, "num_per_class", 1)
+    seed = _check_seed(seed)
+    bs = 8192 if batch_size is None else _check_int(batch_size, "batch_size", 1)
+    if a2 is None:
+        a2 = model.config.feedback_weight_syn
+    if isinstance(a2, bool) or not isinstance(a2, (int, float)) or not math.isfinite(a2):
+        raise TypeError(f"a2: expected a finite number, got {a2!r}")
+    a2 = float(a2)
+
+    device = next(model.parameters()).device
+    emb = F.normalize(e_in.to(device=device, dtype=torch.float32), dim=1)
+    K, Z, D = cls.numel(), model.latent_dim, model.feature_dim
+    x_out = torch.empty(K * num, D, dtype=torch.float32, device=device)
+    y_out = cls.to(device).repeat_interleave(num)
+
+    def noise_pieces():
+        # (row offset, class index, z block) in output order; blocks have a fixed size.
+        for k, c in enumerate(cls.tolist()):
+            g = torch.Generator(device=device).manual_seed(_derive_seed(seed, c))
+            for s in range(0, num, _NOISE_BLOCK):
+                n = min(_NOISE_BLOCK, num - s)
+                yield k * num + s, c, torch.randn((n, Z), generator=g, device=device)
+
+    def run(start: int, zs: list[torch.Tensor], cs: list[torch.Tensor]) -> None:
+        z = torch.cat(zs) if len(zs) > 1 else zs[0]
+        c = torch.cat(cs) if len(cs) > 1 else cs[0]
+        x_out[start : start + z.shape[0]] = model.generate(z, emb[c], a2, use_feedback=use_feedback)
+
+    with torch.no_grad():
+        zs: list[torch.Tensor] = []
+        cs: list[torch.Tensor] = []
+        pending, start = 0, 0
+        for row, c, zb in noise_pieces():
+            if not zs:
+                start = row
+            used = 0
+            while used < zb.shape[0]:
+                take = min(zb.shape[0] - used, bs - pending)
+                zs.append(zb[used : used + take])
+                cs.append(torch.full((take,), c, dtype=torch.int64, device=device))
+                used += take
+                pending += take
+                if pending == bs:
+                    run(start, zs, cs)
+                    start += pending
+                    zs, cs, pending = [], [], 0
+        if zs:
+            run(start, zs, cs)
+    return x_out, y_out
