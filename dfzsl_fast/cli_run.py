@@ -192,11 +192,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
             y = remap[y]
         test = (ff.features.to(torch.float32), y)
     out = Path(args.out).expanduser()
+    run = DFZSL(cfg, cache_dir=out / "cache", device=args.device, progress=not args.no_progress)
+    run._inputs(weight, names, seen, tower, text_features)  # all checks before the folder
     _prepare_out(out, args.overwrite, args.resume)
     _setup_logging(out, args.log_level)
     cfg.to_json(out / "config.json")
 
-    run = DFZSL(cfg, cache_dir=out / "cache", device=args.device, progress=not args.no_progress)
     t0 = time.perf_counter()
     res = run.fit(weight, names, seen, text_tower=tower, text_features=text_features,
                   eval_data=test)
@@ -237,7 +238,8 @@ def _write_per_class(out: Path, names, seen, unseen, s, zs, plot: bool = True) -
     rows = []
     for group, idx, key in (("seen", seen, "per_class_seen"), ("unseen", unseen, "per_class_unseen")):
         for i, c in enumerate(idx.tolist()):
-            rows.append([c, names[c], group, s[key][i], zs[key][i]])
+            rows.append({"class": c, "name": names[c], "split": group, "dfzsl": s[key][i],
+                         "zero_shot": zs[key][i]})
     save_csv(out / "per_class.csv", rows, ["class", "name", "split", "dfzsl", "zero_shot"])
     if not plot:
         return

@@ -1,0 +1,94 @@
+"""`dfzsl-fast run` end to end on tiny files (precomputed text features: no text tower)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfzsl_fast.cli import main
+from dfzsl_fast.cli_run import load_run_config
+
+C_ALL, C_S, D = 8, 5, 16
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture()
+def files(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    text = F.normalize(torch.randn(C_ALL, D, generator=g), dim=1)
+    W = F.normalize(text[:C_S] + 0.3 * torch.randn(C_S, D, generator=g), dim=1)
+    y = torch.arange(C_ALL).repeat_interleave(6)
+    x = 4 * F.normalize(text[y] + 0.4 * torch.randn(y.numel(), D, generator=g), dim=1)
+    names = [f"class {i}" for i in range(C_ALL)]
+    np.save(tmp_path / "W.npy", W.numpy())
+    np.save(tmp_path / "text.npy", text.numpy())
+    np.savez(tmp_path / "test.npz", features=x.numpy(), labels=y.numpy())
+    (tmp_path / "names.txt").write_text("\n".join(names) + "\n")
+    cfg = {"name": "tiny", "simulator": {"epochs": 10, "nsample": 8, "num": 20},
+           "generator": {"kind": "vmf", "syn_num": 20},
+           "classifier": {"epochs": 2, "batch_size": 64, "lr": 1e-3}}
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    return tmp_path
+
+
+def _args(f, out):
+    return ["run", str(f / "cfg.json"), "--teacher", str(f / "W.npy"), "--class-names",
+            str(f / "names.txt"), "--text-features", str(f / "text.npy"), "--test-features",
+            str(f / "test.npz"), "--out", str(out), "--no-progress"]
+
+
+def test_run_writes_a_complete_run_folder_and_resumes(files):
+    out = files / "run"
+    assert main(_args(files, out)) == 0
+    for name in ("config.json", "classifier.safetensors", "metrics.json", "per_class.csv",
+                 "log.txt"):
+        assert (out / name).is_file(), name
+    m = json.loads((out / "metrics.json").read_text())
+    assert set(m["gzsl"]) == {"S", "U", "H"} and set(m["zero_shot"]) == {"S", "U", "H"}
+    assert m["prompt_tuning"].startswith("skipped")
+    assert m["cached_stages"] == []
+    from dfzsl_fast.pipeline.extended import ExtendedClassifier
+
+    clf = ExtendedClassifier.load(out / "classifier.safetensors")
+    assert clf.class_names == [f"class {i}" for i in range(C_ALL)]
+    assert clf.seen_classes.tolist() == list(range(C_S))
+    # a non-empty folder is refused; --resume reuses every cached stage
+    assert main(_args(files, out)) == 2
+    assert main(_args(files, out) + ["--resume"]) == 0
+    m2 = json.loads((out / "metrics.json").read_text())
+    assert m2["cached_stages"] == ["virtual", "generator"]
+    assert m2["gzsl"] == m["gzsl"]
+
+
+def test_run_bad_inputs_fail_before_work(files, capsys):
+    bad = _args(files, files / "r1")
+    bad[bad.index("--teacher") + 1] = str(files / "missing.npy")
+    assert main(bad) == 2
+    assert "--teacher" in capsys.readouterr().err
+    assert not (files / "r1").exists()
+    np.save(files / "text8.npy", np.zeros((C_ALL, 8), np.float32) + 1)
+    bad = _args(files, files / "r2")
+    bad[bad.index("--text-features") + 1] = str(files / "text8.npy")
+    assert main(bad) == 2
+    assert "width" in capsys.readouterr().err
+    assert not (files / "r2").exists()
+    assert main(_args(files, files / "r3") + ["--set", "generator.epochz=3"]) == 2
+    assert "generator.epochz" in capsys.readouterr().err
+
+
+def test_load_run_config_presets_and_overrides():
+    cfg = load_run_config("awa2", ["generator.kind=\"vmf\"", "classifier.epochs=5"])
+    assert cfg.name == "AWA2" and cfg.generator.kind == "vmf" and cfg.classifier.epochs == 5
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_run_config("NOPE")
