@@ -225,38 +225,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for label, v in (("zero-shot", zs), ("DFZSL", s)):
             print(f"{label:<10} " + "  ".join(f"{k} {100 * v[k]:5.1f}" for k in keys))
         if cfg.protocol == "gzsl":
-            _write_per_class(out, names, res.classifier.seen_classes,
-                             res.classifier.unseen_classes, s, zs)
+            from .report import plot_per_class, write_per_class
+
+            seen_t, unseen_t = res.classifier.seen_classes, res.classifier.unseen_classes
+            write_per_class(out, names, seen_t, unseen_t, {"dfzsl": s, "zero_shot": zs})
+            plot_per_class(out, names, seen_t, unseen_t, s, title="DFZSL per-class accuracy")
     save_json(out / "metrics.json", summary)
     print(f"wrote {out}/classifier.safetensors and metrics.json")
     return 0
-
-
-def _write_per_class(out: Path, names, seen, unseen, s, zs, plot: bool = True) -> None:
-    from .io import save_csv
-
-    rows = []
-    for group, idx, key in (("seen", seen, "per_class_seen"), ("unseen", unseen, "per_class_unseen")):
-        for i, c in enumerate(idx.tolist()):
-            rows.append({"class": c, "name": names[c], "split": group, "dfzsl": s[key][i],
-                         "zero_shot": zs[key][i]})
-    save_csv(out / "per_class.csv", rows, ["class", "name", "split", "dfzsl", "zero_shot"])
-    if not plot:
-        return
-    try:
-        import torch
-
-        from .plots import plot_per_class_accuracy
-
-        acc = torch.full((len(names),), float("nan"))
-        acc[seen] = torch.tensor(s["per_class_seen"])
-        acc[unseen] = torch.tensor(s["per_class_unseen"])
-        mask = torch.zeros(len(names), dtype=torch.bool)
-        mask[seen] = True
-        plot_per_class_accuracy(acc, names, mask, out / "plots" / "per_class_accuracy.png",
-                                scores={k: s[k] for k in ("S", "U", "H")})
-    except ImportError as exc:
-        logging.getLogger(__name__).warning("plots skipped: %s", exc)
 
 
 def add_run(sub: Any) -> None:

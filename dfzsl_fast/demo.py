@@ -206,22 +206,10 @@ def run_demo(
         _write_json(out / "metrics.json", summary)
         _write_json(out / "config.json", cfg.to_dict())
         res.classifier.save(out / "classifier.safetensors")
-        lines = ["class,name,split,zero_shot,dfzsl" + (",icis" if s_icis else "")]
-        for i, c in enumerate(seen.tolist()):
-            row = [str(c), names[c], "seen", f"{s_zs['per_class_seen'][i]:.4f}",
-                   f"{s_dfzsl['per_class_seen'][i]:.4f}"]
-            if s_icis:
-                row.append(f"{s_icis['per_class_seen'][i]:.4f}")
-            lines.append(",".join(f'"{v}"' if "," in v else v for v in row))
-        for i, c in enumerate(unseen.tolist()):
-            row = [str(c), names[c], "unseen", f"{s_zs['per_class_unseen'][i]:.4f}",
-                   f"{s_dfzsl['per_class_unseen'][i]:.4f}"]
-            if s_icis:
-                row.append(f"{s_icis['per_class_unseen'][i]:.4f}")
-            lines.append(",".join(f'"{v}"' if "," in v else v for v in row))
-        tmp = out / "per_class.csv.partial"
-        tmp.write_text("\n".join(lines) + "\n")
-        tmp.replace(out / "per_class.csv")
+        from .report import write_per_class
+
+        per = {"zero_shot": s_zs, "dfzsl": s_dfzsl, **({"icis": s_icis} if s_icis else {})}
+        write_per_class(out, names, seen, unseen, per)
         if plots:
             _plots(out, names, seen, unseen, s_dfzsl, res, x_te, y_te)
     return summary
@@ -229,20 +217,14 @@ def run_demo(
 
 def _plots(out: Path, names, seen, unseen, s, res, x_te, y_te) -> None:
     """plots/per_class_accuracy.png and plots/features_pca.png (skipped without matplotlib)."""
-    try:
-        from .plots import plot_feature_projection, plot_per_class_accuracy
-    except ImportError as exc:  # pragma: no cover - optional dependency
-        log.warning("plots skipped: %s", exc)
+    from .report import plot_per_class
+
+    if plot_per_class(out, names, seen, unseen, s,
+                      title="DFZSL per-class accuracy (simulated world)") is None:
         return
     try:
-        acc = torch.full((len(names),), float("nan"))
-        acc[seen] = torch.tensor(s["per_class_seen"])
-        acc[unseen] = torch.tensor(s["per_class_unseen"])
-        mask = torch.zeros(len(names), dtype=torch.bool)
-        mask[seen] = True
-        plot_per_class_accuracy(acc, names, mask, out / "plots" / "per_class_accuracy.png",
-                                scores={k: s[k] for k in ("S", "U", "H")},
-                                title="DFZSL per-class accuracy (simulated world)")
+        from .plots import plot_feature_projection
+
         (xv, yv), (xu, yu) = res.features["virtual"], res.features["synthesized"]
         shown = torch.cat([seen[:5], unseen[:5]]).tolist()
         plot_feature_projection(

@@ -20,3 +20,14 @@ def _seed_everything():
     np.random.seed(1234)
     random.seed(1234)
     yield
+
+
+@pytest.fixture()
+def one_thread():
+    """One intra-op thread for small problems (extra threads only add contention on the shared
+    2-core machines); the setting is restored afterwards. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

