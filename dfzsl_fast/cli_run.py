@@ -225,11 +225,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for label, v in (("zero-shot", zs), ("DFZSL", s)):
             print(f"{label:<10} " + "  ".join(f"{k} {100 * v[k]:5.1f}" for k in keys))
         if cfg.protocol == "gzsl":
-            from .report import plot_per_class, write_per_class
+            from .report import plot_features, plot_per_class, write_per_class
 
             seen_t, unseen_t = res.classifier.seen_classes, res.classifier.unseen_classes
             write_per_class(out, names, seen_t, unseen_t, {"dfzsl": s, "zero_shot": zs})
             plot_per_class(out, names, seen_t, unseen_t, s, title="DFZSL per-class accuracy")
+            plot_features(out, names, seen_t, unseen_t, {**res.features, "test": test})
     save_json(out / "metrics.json", summary)
     print(f"wrote {out}/classifier.safetensors and metrics.json")
     return 0

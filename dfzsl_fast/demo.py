@@ -217,24 +217,12 @@ def run_demo(
 
 def _plots(out: Path, names, seen, unseen, s, res, x_te, y_te) -> None:
     """plots/per_class_accuracy.png and plots/features_pca.png (skipped without matplotlib)."""
-    from .report import plot_per_class
+    from .report import plot_features, plot_per_class
 
     if plot_per_class(out, names, seen, unseen, s,
                       title="DFZSL per-class accuracy (simulated world)") is None:
         return
-    try:
-        from .plots import plot_feature_projection
-
-        (xv, yv), (xu, yu) = res.features["virtual"], res.features["synthesized"]
-        shown = torch.cat([seen[:5], unseen[:5]]).tolist()
-        plot_feature_projection(
-            {"virtual": xv, "synthesized": xu, "test": x_te},
-            {"virtual": yv, "synthesized": yu, "test": y_te},
-            out / "plots" / "features_pca.png", class_names=names, classes=shown,
-            max_per_class=60, title="virtual (seen), synthesized (unseen) and test features, PCA",
-        )
-    except ImportError as exc:
-        log.warning("plots skipped: %s", exc)
+    plot_features(out, names, seen, unseen, {**res.features, "test": (x_te, y_te)})
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["write_per_class", "plot_per_class"]
+__all__ = ["write_per_class", "plot_per_class", "plot_features"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,25 @@ def plot_per_class(out: Path, names, seen, unseen, scores: Mapping[str, Any],
     try:
         return plot_per_class_accuracy(acc, names, mask, Path(out) / "plots" / "per_class_accuracy.png",
                                        scores={k: scores[k] for k in ("S", "U", "H")}, title=title)
+    except ImportError as exc:
+        log.warning("plots skipped: %s", exc)
+        return None
+
+
+def plot_features(out: Path, names, seen, unseen, features: Mapping[str, tuple], *,
+                  per_group: int = 5) -> Path | None:
+    """``out/plots/features_pca.png``: a joint PCA of the feature sets (e.g. virtual, synthesized,
+    test), for the first `per_group` seen and unseen classes (None without matplotlib)."""
+    try:
+        from .plots import plot_feature_projection
+
+        shown = torch.cat([torch.as_tensor(seen)[:per_group],
+                           torch.as_tensor(unseen)[:per_group]]).tolist()
+        return plot_feature_projection(
+            {k: v[0] for k, v in features.items()}, {k: v[1] for k, v in features.items()},
+            Path(out) / "plots" / "features_pca.png", class_names=list(names), classes=shown,
+            max_per_class=60, title=", ".join(features) + " features (PCA)",
+        )
     except ImportError as exc:
         log.warning("plots skipped: %s", exc)
         return None

@@ -49,6 +49,9 @@ def test_run_writes_a_complete_run_folder_and_resumes(files):
     for name in ("config.json", "classifier.safetensors", "metrics.json", "per_class.csv",
                  "log.txt"):
         assert (out / name).is_file(), name
+    pytest.importorskip("matplotlib")
+    for name in ("per_class_accuracy.png", "features_pca.png"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
     m = json.loads((out / "metrics.json").read_text())
     assert set(m["gzsl"]) == {"S", "U", "H"} and set(m["zero_shot"]) == {"S", "U", "H"}
     assert m["prompt_tuning"].startswith("skipped")
