@@ -36,6 +36,14 @@ Choices where method.md is silent, taken from the reference code:
 - The G step reuses the batch of the last critic step.
 - The decoder hidden layer that feeds F is detached (``getLayersOutDet``), so the first pass of
   G in the feedback path carries no gradient; we run it under no_grad.
+
+Same updates as the reference, computed with less work: the critic's fake is made without a
+graph (the reference detaches it anyway); the gradient penalty uses the closed-form input
+gradient of the two-layer critic instead of a double backward (`Discriminator.input_gradient`,
+same parameter gradients); real, fake and interpolate share the condition's share of the
+critic's first layer (`Discriminator.critic_terms`); both passes of G in the feedback path share
+their first layer; Adam is the fused kernel; lambda and the loss sums stay on the device, so
+there is one host sync per epoch.
 """
 
 from __future__ import annotations
@@ -678,8 +686,12 @@ def train_generator(
         range, empty inputs, NaN/Inf, a checkpoint from a different run, or a checkpoint with
         more epochs than `config.epochs`.
 
-    Cost: per epoch 2 x ceil(N / batch) x (critic_iters + 1) optimiser steps of small MLPs; on
-    a 2-core CPU about 10 GFLOP per (critic_iters + 1)-step iteration at D = A = 512, H = 1024.
+    Cost: per epoch 2 x ceil(N / batch) iterations of (critic_iters + 1) steps, about 13 GFLOP
+    per iteration at D = A = Z = 512, H = 1024, critic_iters 5. Measured on the 2-core build
+    CPU, N = 6000 (188 iterations): ~185 ms per iteration with 2 threads on an idle machine
+    (~35 s per epoch, ~70 min for the published 120 epochs), ~270 ms with 1 thread (~51 s per
+    epoch). When other jobs share the cores, 2 intra-op threads were 5-15x slower than that;
+    use torch.set_num_threads(1) there. Published settings are meant for a GPU.
 
     Example:
         >>> cfg = GeneratorConfig(epochs=120)
