@@ -5,7 +5,7 @@
 - `classifier` (stage 4): `train_final_classifier`, `logit_adjustment`.
 - `icis`: `fit_icis`, `inject`, `icis_extend` (image-free classifier injection).
 - `flpt` (stage 2): `PromptLearner`, `train_flpt`; `flpt_validation`: `select_flpt_steps`.
-- `generator` (stage 3): `TFVAEGAN`, `train_generator`, `synthesize` (imported on use).
+- `generator` (stage 3): `TFVAEGAN`, `train_generator`, `synthesize`, `load_generator`.
 - `dfzsl`: `DFZSL(config).fit(...)`, the whole pipeline; `extended`: `ExtendedClassifier`,
   `evaluate`.
 
@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from .classifier import logit_adjustment, train_final_classifier
 from .dfzsl import DFZSL, DFZSLResult, zero_shot_classifier
+from .flpt import FLPTResult, PromptLearner, train_flpt
+from .flpt_validation import FLPTValidation, select_flpt_steps
+from .generator import TFVAEGAN, load_generator, synthesize, train_generator
 from .extended import ExtendedClassifier, evaluate
 from .icis import ICIS, ICISFitInfo, fit_icis, head_targets, icis_extend, icis_loss, inject
 from .teacher import Teacher, as_teacher
@@ -35,6 +38,15 @@ __all__ = [
     "ExtendedClassifier",
     "evaluate",
     "zero_shot_classifier",
+    "PromptLearner",
+    "FLPTResult",
+    "train_flpt",
+    "FLPTValidation",
+    "select_flpt_steps",
+    "TFVAEGAN",
+    "train_generator",
+    "synthesize",
+    "load_generator",
     "Teacher",
     "as_teacher",
     "fit_vmf_means",
