@@ -115,7 +115,8 @@ def _load_teacher(path: str, names: list[str], seen_names_file: str | None):
         teacher_names = load_names(seen_names_file)
         if len(teacher_names) != weight.shape[0]:
             raise ValueError(
-                f"--seen-names: {len(teacher_names)} names for a teacher with {weight.shape[0]} rows"
+                f"--seen-names: {len(teacher_names)} names for a teacher with "
+                f"{weight.shape[0]} rows"
             )
     if teacher_names is None:
         seen = list(range(weight.shape[0]))
@@ -193,7 +194,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         test = (ff.features.to(torch.float32), y)
     out = Path(args.out).expanduser()
     run = DFZSL(cfg, cache_dir=out / "cache", device=args.device, progress=not args.no_progress)
-    run._inputs(weight, names, seen, tower, text_features)  # all checks before the folder
+    run.check_inputs(weight, names, seen, tower, text_features)  # all checks before the folder
     _prepare_out(out, args.overwrite, args.resume)
     _setup_logging(out, args.log_level)
     cfg.to_json(out / "config.json")

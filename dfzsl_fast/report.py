@@ -36,7 +36,8 @@ def write_per_class(
     from .io import save_csv
 
     rows = []
-    for group, idx, key in (("seen", seen, "per_class_seen"), ("unseen", unseen, "per_class_unseen")):
+    groups = (("seen", seen, "per_class_seen"), ("unseen", unseen, "per_class_unseen"))
+    for group, idx, key in groups:
         for i, c in enumerate(idx.tolist()):
             row = {"class": c, "name": names[c], "split": group}
             row.update({label: r[key][i] for label, r in results.items()})
@@ -58,7 +59,8 @@ def plot_per_class(out: Path, names, seen, unseen, scores: Mapping[str, Any],
     mask = torch.zeros(len(names), dtype=torch.bool)
     mask[seen] = True
     try:
-        return plot_per_class_accuracy(acc, names, mask, Path(out) / "plots" / "per_class_accuracy.png",
+        path = Path(out) / "plots" / "per_class_accuracy.png"
+        return plot_per_class_accuracy(acc, names, mask, path,
                                        scores={k: scores[k] for k in ("S", "U", "H")}, title=title)
     except ImportError as exc:
         log.warning("plots skipped: %s", exc)

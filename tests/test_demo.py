@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from dfzsl_fast.text import minilm
 
@@ -29,8 +28,8 @@ def test_demo_on_a_held_out_world_beats_zero_shot(tmp_path):
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["dfzsl"] == pytest.approx(s["dfzsl"])
     assert (tmp_path / "per_class.csv").read_text().count("\n") == 33  # header + 32 classes
-    from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
     from dfzsl_fast.demo import demo_world
+    from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
 
     clf = ExtendedClassifier.load(tmp_path / "classifier.safetensors")
     w = demo_world("APY", seed=0, cache_dir=tmp_path / "minilm")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from .classifier import logit_adjustment, train_final_classifier
 from .dfzsl import DFZSL, DFZSLResult, zero_shot_classifier
+from .extended import ExtendedClassifier, evaluate
 from .flpt import FLPTResult, PromptLearner, train_flpt
 from .flpt_validation import FLPTValidation, select_flpt_steps
 from .generator import TFVAEGAN, load_generator, synthesize, train_generator
-from .extended import ExtendedClassifier, evaluate
 from .icis import ICIS, ICISFitInfo, fit_icis, head_targets, icis_extend, icis_loss, inject
 from .teacher import Teacher, as_teacher
 from .virtual import (

@@ -95,7 +95,11 @@ class StageCache:
         return tensors, meta
 
     def save(
-        self, stage: str, key: str, tensors: dict[str, torch.Tensor], meta: dict[str, Any] | None = None
+        self,
+        stage: str,
+        key: str,
+        tensors: dict[str, torch.Tensor],
+        meta: dict[str, Any] | None = None,
     ) -> None:
         """Store `tensors` (made contiguous, CPU) with `meta` (values stringified) atomically."""
         p = self.path(stage)

@@ -147,7 +147,10 @@ class DFZSL:
     # checks done before any long work
     # ------------------------------------------------------------------------------------------
 
-    def _inputs(self, teacher, class_names, seen_classes, text_tower, text_features):
+    def check_inputs(
+        self, teacher, class_names, seen_classes, text_tower=None, text_features=None
+    ):
+        """Validate the inputs of `fit` (raises before any work); returns (Teacher, names, seen)."""
         if not isinstance(teacher, Teacher):
             teacher = as_teacher(teacher, temperature=self.config.simulator.temperature,
                                  backend=self.backend)
@@ -155,7 +158,9 @@ class DFZSL:
         C_all, C_s, D = len(names), teacher.num_classes, teacher.in_features
         seen = _seen_index(seen_classes, C_all, C_s)
         if text_tower is None and text_features is None:
-            raise ValueError("give text_tower (prompt tuning runs) or text_features (it is skipped)")
+            raise ValueError(
+                "give text_tower (prompt tuning runs) or text_features (it is skipped)"
+            )
         if text_features is not None:
             if not isinstance(text_features, torch.Tensor) or text_features.dim() != 2:
                 raise TypeError(f"text_features: expected a ({C_all}, {D}) tensor")
@@ -261,8 +266,8 @@ class DFZSL:
                 between classifier and text tower, duplicate or empty names, NaN weights, ...).
         """
         cfg = self.config
-        teacher, names, seen = self._inputs(teacher, class_names, seen_classes, text_tower,
-                                            text_features)
+        teacher, names, seen = self.check_inputs(teacher, class_names, seen_classes,
+                                                 text_tower, text_features)
         device = self.device or teacher.weight.device
         teacher = Teacher(teacher.weight.to(device), teacher.temperature, backend=self.backend)
         C_all, C_s = len(names), seen.numel()

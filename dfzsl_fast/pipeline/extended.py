@@ -12,7 +12,7 @@ training and at test time.
 Example:
     >>> clf = result.classifier                      # from DFZSL(cfg).fit(...)
     >>> pred = clf.predict(x_test)                   # (N,) indices into clf.class_names
-    >>> scores = evaluate(clf, x_test, y_test)       # {"protocol": "gzsl", "S": ..., "U": ..., "H": ...}
+    >>> scores = evaluate(clf, x_test, y_test)       # {"protocol": "gzsl", "S", "U", "H", ...}
     >>> clf.save("runs/awa2/classifier.safetensors")
 """
 
@@ -57,7 +57,8 @@ class ExtendedClassifier(nn.Module):
         backend: str | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
+        if (not isinstance(weight, torch.Tensor) or weight.dim() != 2
+                or not weight.is_floating_point()):
             raise TypeError("weight: expected a (C_all, D) floating-point tensor")
         C, D = weight.shape
         names = list(class_names)
@@ -172,7 +173,8 @@ def evaluate(
     if seen is None or unseen is None:
         raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
     with torch.no_grad():
-        logits = torch.cat([clf(x[s : s + 65536]).float().cpu() for s in range(0, x.shape[0], 65536)])
+        chunks = range(0, x.shape[0], 65536)
+        logits = torch.cat([clf(x[s : s + 65536]).float().cpu() for s in chunks])
     if protocol == "gzsl":
         s = gzsl_scores(logits.argmax(1), y.cpu(), seen, unseen)
         return {
