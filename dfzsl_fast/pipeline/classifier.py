@@ -189,7 +189,9 @@ def train_final_classifier(
         raise ValueError("init_weights: contains NaN or Inf")
     if bool((init_weights == 0).all(dim=1).any()):
         raise ValueError("init_weights: has an all-zero row")
-    if not bool(torch.isfinite(features).all()):
+    # one reduction first (a finite sum proves every entry finite); the elementwise pass only
+    # when the sum is not finite (NaN/Inf present, or a float overflow of the sum)
+    if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
         raise ValueError("features: contains NaN or Inf")
     for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
