@@ -164,7 +164,8 @@ def test_config_type_checked():
         DFZSL({"name": "x"})
 
 
-def test_with_an_open_clip_tower_prompt_tuning_runs():
+def _tiny_tower():
+    """A random-weight open_clip text tower of width 32 with output width D (fast on a CPU)."""
     open_clip = pytest.importorskip("open_clip")
     from dfzsl_fast.text.towers import OpenCLIPTextTower
 
@@ -176,7 +177,12 @@ def test_with_an_open_clip_tower_prompt_tuning_runs():
         text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
                   "layers": 1},
     ).eval()
-    tower = OpenCLIPTextTower(model)
+    return OpenCLIPTextTower(model)
+
+
+def test_with_an_open_clip_tower_prompt_tuning_runs():
+
+    tower = _tiny_tower()
     names = ["zebra", "horse", "tiger", "lion", "whale", "dolphin", "owl", "eagle", "cat"]
     with torch.no_grad():
         text = tower.encode(["a photo of a " + n + "." for n in names])
@@ -199,20 +205,10 @@ def test_with_an_open_clip_tower_prompt_tuning_runs():
 
 
 def test_flpt_validation_mechanics():
-    open_clip = pytest.importorskip("open_clip")
     from dfzsl_fast.data.configs import ClassifierConfig
     from dfzsl_fast.pipeline.flpt_validation import select_flpt_steps
-    from dfzsl_fast.text.towers import OpenCLIPTextTower
 
-    torch.manual_seed(0)
-    model = open_clip.create_model(
-        "ViT-B-32", pretrained=None, embed_dim=D,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                    "head_width": 16},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                  "layers": 1},
-    ).eval()
-    tower = OpenCLIPTextTower(model)
+    tower = _tiny_tower()
     names = [f"thing {i}" for i in range(8)]
     seen = torch.arange(8)
     g = torch.Generator().manual_seed(0)
