@@ -25,7 +25,6 @@ No value was tuned on the demo's test images.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -73,10 +72,9 @@ def demo_config(dataset: str = "AWA2", *, seed: int = 0) -> DFZSLConfig:
 
 def _split_for(dataset: str) -> tuple[str, list[str], list[str]]:
     """(template, all names, unseen names): from ../shared/data when present, else bundled."""
-    from .data.configs import get_config as _gc
     from .data.demo_classes import DEMO_SPLITS
 
-    template = _gc(dataset).template
+    template = get_config(dataset).template
     try:
         from .data import load_att_splits, shared_data_dir
 
@@ -105,12 +103,6 @@ def demo_world(dataset: str = "AWA2", *, seed: int = 0, cache_dir: str | Path | 
         template = template or template_d
     return build_world(names, unseen=unseen, template=template or "a photo of a {}.",
                        seed=seed, cache_dir=cache_dir, **world_overrides)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def run_demo(
@@ -204,8 +196,10 @@ def run_demo(
                       "total": time.perf_counter() - t_start},
     }
     if out is not None:
-        _write_json(out / "metrics.json", summary)
-        _write_json(out / "config.json", cfg.to_dict())
+        from .io import save_json
+
+        save_json(out / "metrics.json", summary)
+        save_json(out / "config.json", cfg.to_dict())
         res.classifier.save(out / "classifier.safetensors")
         from .report import write_per_class
 

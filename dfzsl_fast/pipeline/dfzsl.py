@@ -313,18 +313,20 @@ class DFZSL:
                 nsample=sim.nsample, weight_decay=sim.weight_decay, seed=cfg.seed,
                 wood_b=sim.wood_b, progress=self.progress, backend=self.backend,
             )
-            xv, yv, keep = virtual_features(
-                mu, kappa, sim.num, teacher, seed=cfg.seed + 1, wood_b=sim.wood_b,
-                backend=self.backend,
-            )
-            if not sim.trusted_filter:  # keep everything that was drawn (ablation)
+            if sim.trusted_filter:
+                xv, yv, keep = virtual_features(
+                    mu, kappa, sim.num, teacher, seed=cfg.seed + 1, wood_b=sim.wood_b,
+                    backend=self.backend,
+                )
+            else:  # keep everything that was drawn (ablation): the same draws, no filter
                 from .. import sample_vmf
                 from .virtual import _labels_for
 
                 labels, _ = _labels_for(sim.num, C_s, "round_robin", device)
-                xv = sample_vmf(mu, kappa, labels=labels, seed=cfg.seed + 1, wood_b=sim.wood_b,
-                                backend=self.backend)
-                yv = labels
+                xv, yv = sample_vmf(mu, kappa, labels=labels, seed=cfg.seed + 1,
+                                    wood_b=sim.wood_b, backend=self.backend)
+                drawn = torch.bincount(yv.cpu(), minlength=C_s)
+                keep = KeepStats(drawn, drawn.clone())
             self.cache.save("virtual", k1, {"mu": mu, "kappa": kappa, "x": xv, "y": yv,
                                             "drawn": keep.drawn, "kept": keep.kept})
         log.info("stage 1 (virtual): %s", keep)

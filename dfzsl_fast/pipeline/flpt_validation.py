@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.configs import FLPTConfig
-from ..metrics import harmonic_mean
+from ..metrics import harmonic_mean, per_class_accuracy
 from .flpt import PromptLearner, train_flpt
 
 __all__ = ["FLPTValidation", "select_flpt_steps"]
@@ -58,13 +58,11 @@ class FLPTValidation:
     held_out: torch.Tensor | None = None
 
 
-def _per_class_mean(correct: torch.Tensor, y: torch.Tensor, classes: torch.Tensor) -> float:
-    accs = []
-    for c in classes.tolist():
-        m = y == c
-        if bool(m.any()):
-            accs.append(float(correct[m].float().mean()))
-    return sum(accs) / len(accs) if accs else 0.0
+def _per_class_mean(pred: torch.Tensor, target: torch.Tensor, classes: torch.Tensor) -> float:
+    """Mean over `classes` present in `target` of their top-1 accuracy (0 when none is)."""
+    acc, cnt = per_class_accuracy(pred, target, classes)
+    acc = acc[cnt > 0]
+    return float(acc.mean()) if acc.numel() else 0.0
 
 
 def select_flpt_steps(
@@ -113,6 +111,7 @@ def select_flpt_steps(
     is_held = torch.isin(y_cpu, held)
     fit_classes = seen[~torch.isin(seen, held)]
     x_fit, y_fit = features[~is_held.to(features.device)], labels[~is_held.to(labels.device)]
+    y_fit_cpu = y_cpu[~is_held]
 
     # a fixed evaluation subset (every row when small)
     n = features.shape[0]
@@ -127,9 +126,7 @@ def select_flpt_steps(
 
     curve: list[tuple[int, float, float, float]] = []
     held_pos, fit_pos = pos[held], pos[fit_classes]
-    fit_rows = ~is_held
-    x_fit_rows = features[fit_rows.to(features.device)].float()
-    y_fit_pos = pos[y_cpu[fit_rows]]
+    y_fit_pos = pos[y_fit_cpu]
 
     def _downstream_predict(text, learner, x, held_pos, fit_pos):
         """Train stage 4 on fitted virtual + vMF around held-out text; predict x (base space)."""
@@ -140,7 +137,7 @@ def select_flpt_steps(
         k = torch.full((held_pos.numel(),), float(downstream["kappa"]), dtype=torch.float64)
         xs, ys = sample_vmf(text[held_pos].cpu(), k, n_per_class=int(downstream["syn_num"]),
                             seed=int(seed) + 11)
-        xf = F.normalize(learner.shift(x_fit_rows.to(text.device)), dim=1).cpu()
+        xf = F.normalize(learner.shift(x_fit.float().to(text.device)), dim=1).cpu()
         x_tr = torch.cat([xf, xs.to(xf.dtype)])
         y_tr = torch.cat([y_fit_pos, held_pos[ys]])
         with torch.enable_grad():  # measure() runs under no_grad
@@ -160,9 +157,9 @@ def select_flpt_steps(
                 pred = (x @ text.T).argmax(1).cpu()
             else:
                 pred = _downstream_predict(text, learner, x, held_pos, fit_pos)
-        correct = pred == pos[y_ev]
-        a_fit = _per_class_mean(correct, y_ev, fit_classes)
-        a_held = _per_class_mean(correct, y_ev, held)
+        target = pos[y_ev]  # positions among the base classes, like pred
+        a_fit = _per_class_mean(pred, target, fit_pos)
+        a_held = _per_class_mean(pred, target, held_pos)
         curve.append((step, a_fit, a_held, harmonic_mean(a_fit, a_held)))
 
     total = math.ceil(x_fit.shape[0] / config.batch_size) * config.epochs

@@ -65,6 +65,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.configs import GeneratorConfig
+from ._checks import check_matrix
 from ._progress import Progress
 
 __all__ = [
@@ -457,27 +458,6 @@ def _check_int(v: Any, name: str, low: int) -> int:
     return int(v)
 
 
-def _check_matrix(t: Any, name: str, what: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a {what} tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    if t.dim() != 2:
-        raise ValueError(f"{name}: expected shape {what}, got {tuple(t.shape)}")
-    if t.shape[0] == 0 or t.shape[1] == 0:
-        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)})")
-    t = t.detach()
-    finite = torch.isfinite(t).all(dim=1)
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"{name}: row {i} contains NaN or Inf")
-    zero = (t == 0).all(dim=1)
-    if bool(zero.any()):
-        i = int(zero.nonzero()[0, 0])
-        raise ValueError(f"{name}: row {i} is all zero and cannot be L2-normalised")
-    return t
-
-
 def _check_seed(seed: Any, name: str = "seed") -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {type(seed).__name__}")
@@ -702,8 +682,8 @@ def train_generator(
         config = GeneratorConfig()
     if not isinstance(config, GeneratorConfig):
         raise TypeError(f"config: expected a GeneratorConfig, got {type(config).__name__}")
-    x_in = _check_matrix(features, "features", "(N, D)")
-    e_in = _check_matrix(class_embeddings, "class_embeddings", "(C, A)")
+    x_in = check_matrix(features, "features", "(N, D)")
+    e_in = check_matrix(class_embeddings, "class_embeddings", "(C, A)")
     N, D = x_in.shape
     C, A = e_in.shape
     if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64:
@@ -985,7 +965,7 @@ def synthesize(
     """
     if not isinstance(model, TFVAEGAN):
         raise TypeError(f"model: expected a TFVAEGAN, got {type(model).__name__}")
-    e_in = _check_matrix(class_embeddings, "class_embeddings", "(C, A)")
+    e_in = check_matrix(class_embeddings, "class_embeddings", "(C, A)")
     C, A = e_in.shape
     if A != model.embed_dim:
         raise ValueError(

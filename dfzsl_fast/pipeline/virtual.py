@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from ..ops.cosine import cosine_logit_mse
 from ..ops.vmf import sample_vmf
 from ..theory import kappa_from_prototypes
+from ._checks import check_matrix
 from ._progress import Progress
 from .teacher import Teacher, as_teacher
 
@@ -124,22 +125,7 @@ class KeepStats:
 
 # ------------------------------------------------------------------------------- checks
 def _check_features(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a (C, d) tensor, got {type(t).__name__}")
-    if not t.is_floating_point():
-        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
-    if t.dim() != 2 or t.shape[0] < 1 or t.shape[1] < 1:
-        raise ValueError(f"{name}: expected shape (C, d) with C, d >= 1, got {tuple(t.shape)}")
-    t = t.detach()
-    finite = torch.isfinite(t).all(dim=1)
-    if not bool(finite.all()):
-        i = int((~finite).nonzero()[0, 0])
-        raise ValueError(f"{name}: row {i} contains NaN or Inf")
-    zero = (t == 0).all(dim=1)
-    if bool(zero.any()):
-        i = int(zero.nonzero()[0, 0])
-        raise ValueError(f"{name}: row {i} is all zero and cannot be normalised")
-    return t
+    return check_matrix(t, name, "(C, d)")
 
 
 def _check_int(v, name: str, low: int) -> int:

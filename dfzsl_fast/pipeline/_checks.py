@@ -1,0 +1,35 @@
+"""Argument checks shared by the pipeline stages (one message format for every stage)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+__all__ = ["check_matrix"]
+
+
+def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
+    """A non-empty 2-D floating tensor with finite, non-zero rows (so rows can be normalised).
+
+    Returns ``t.detach()``. Raises TypeError (not a float tensor) or ValueError (wrong rank,
+    empty, a NaN/Inf row, an all-zero row), naming the argument and the offending row.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a {what} tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected shape {what}, got {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name}: is empty (shape {tuple(t.shape)})")
+    t = t.detach()
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        i = int((~finite).nonzero()[0, 0])
+        raise ValueError(f"{name}: row {i} contains NaN or Inf")
+    zero = (t == 0).all(dim=1)
+    if bool(zero.any()):
+        i = int(zero.nonzero()[0, 0])
+        raise ValueError(f"{name}: row {i} is all zero and cannot be L2-normalised")
+    return t
