@@ -380,6 +380,7 @@ def save_classifier(
     n_base: int | None = None,
     metadata: Mapping[str, Any] | None = None,
     input_shift: torch.Tensor | None = None,
+    input_center: torch.Tensor | None = None,
 ) -> Path:
     """Save a classification head as ``*.safetensors`` with its class names and seen/unseen split.
 
@@ -399,6 +400,8 @@ def save_classifier(
         input_shift: optional (D,) shift added to the unit-normalised input before a cosine
             head (DFZSL's prompt-tuning residual; see `ExtendedClassifier`). Stored as the
             tensor ``input_shift``; `load_classifier` then returns an `ExtendedClassifier`.
+        input_center: optional (D,) unit direction projected out of the unit-normalised input
+            (the centred frame of `ExtendedClassifier`); stored as ``input_center``.
 
     Returns:
         ``path`` as a ``Path``.
@@ -440,6 +443,14 @@ def save_classifier(
             raise ValueError(f"`input_shift`: expected a ({D},) float tensor")
         _check_finite(shift, "`input_shift`")
         tensors["input_shift"] = shift.to(weight.dtype)
+    if input_center is not None:
+        if kind != "cosine":
+            raise ValueError("`input_center`: only a cosine head takes an input centre")
+        center = torch.as_tensor(input_center).detach().cpu().contiguous()
+        if tuple(center.shape) != (D,) or not center.is_floating_point():
+            raise ValueError(f"`input_center`: expected a ({D},) float tensor")
+        _check_finite(center, "`input_center`")
+        tensors["input_center"] = center.to(weight.dtype)
     bias = getattr(head, "bias", None) if kind == "linear" else None
     if bias is not None:
         bias = bias.detach().cpu().contiguous()
@@ -556,15 +567,19 @@ def load_classifier(
         if not isinstance(scale, (int, float)) or not math.isfinite(scale):
             raise ValueError(f"{p}: a cosine head needs a finite `scale`, got {scale!r}")
         shift = tensors.get("input_shift")
-        if shift is not None:
-            # a pipeline product: cosine head on normalize(x) + shift
+        center = tensors.get("input_center")
+        if shift is not None or center is not None:
+            # a pipeline product: cosine head on the centred normalize(x) + shift
             from .pipeline.extended import ExtendedClassifier
 
-            if tuple(shift.shape) != (D,):
-                raise ValueError(f"{p}: `input_shift` must be ({D},), got {tuple(shift.shape)}")
-            _check_finite(shift, f"{p}: `input_shift`")
+            for name, v in (("input_shift", shift), ("input_center", center)):
+                if v is None:
+                    continue
+                if tuple(v.shape) != (D,):
+                    raise ValueError(f"{p}: `{name}` must be ({D},), got {tuple(v.shape)}")
+                _check_finite(v, f"{p}: `{name}`")
             head = ExtendedClassifier(w, names, seen, scale=float(scale), shift=shift,
-                                      metadata=meta.get("provenance", {}))
+                                      center=center, metadata=meta.get("provenance", {}))
         else:
             head = CosineClassifier(
                 w, float(scale), learnable=bool(meta.get("learnable", True)),

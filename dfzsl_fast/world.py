@@ -166,7 +166,8 @@ class World:
         class_names: C class names; class index c is ``class_names[c]``.
         prompts: C prompts that were embedded (``template.format(name)``).
         text_embeddings: (C, E) float32 unit-norm embeddings of the prompts (MiniLM: E = 384).
-        projection: (E, D) float32 fixed random map from embedding to feature space.
+        projection: (E, D) float32 fixed random map from embedding to feature space (None in
+            a CLIP-like world, whose text features are given).
         text_features: (C, D) float32 unit-norm class text features t_c (the "CLIP text head").
         rotation: (D, D) float32 near-identity rotation R.
         gap: (D,) float32 modality-gap offset g.
@@ -179,13 +180,15 @@ class World:
         test_features: (N_test, D) float32 raw features of all classes.
         test_labels: (N_test,) int64 global class indices.
         teacher: the fitted logistic regression; row k of its weight is ``seen_classes[k]``.
+        family: "minilm" (this module) or "clip" (:mod:`dfzsl_fast.clip_world`).
+        calibration: the calibrated parameters of a CLIP-like world (None here).
     """
 
     config: WorldConfig
     class_names: list[str]
     prompts: list[str]
     text_embeddings: torch.Tensor
-    projection: torch.Tensor
+    projection: torch.Tensor | None
     text_features: torch.Tensor
     rotation: torch.Tensor
     gap: torch.Tensor
@@ -198,6 +201,8 @@ class World:
     test_features: torch.Tensor
     test_labels: torch.Tensor
     teacher: LogisticRegressionResult
+    family: str = "minilm"
+    calibration: Any = None
     _summary: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
@@ -263,7 +268,12 @@ class World:
             m, t = self.image_means, self.text_features
             xn = self.test_features / self.test_features.norm(dim=1, keepdim=True)
             off = ~torch.eye(self.num_classes, dtype=torch.bool)
+            xm = xn.double().mean(0)
+            n = xn.shape[0]
+            zs_top1 = float((self.zero_shot_logits().argmax(1) == self.test_labels).double()
+                            .mean())
             self._summary = {
+                "family": self.family,
                 "num_classes": self.num_classes,
                 "num_seen": int(self.seen_classes.numel()),
                 "num_unseen": int(self.unseen_classes.numel()),
@@ -276,6 +286,10 @@ class World:
                 "cos_text_text_offdiag": float((t @ t.T)[off].mean()),
                 "cos_mean_mean_offdiag": float((m @ m.T)[off].mean()),
                 "cos_to_class_mean": float((xn * m[self.test_labels]).sum(1).mean()),
+                # the shared components (CLIP's cones) and the distance between them
+                "cos_image_image_pairwise": float((xm.dot(xm) * n * n - n) / max(n * (n - 1), 1)),
+                "modality_gap": float((xm - t.double().mean(0)).norm()),
+                "zero_shot_top1_closed_set": zs_top1,
                 "n_train": int(self.train_labels.numel()),
                 "n_test": int(self.test_labels.numel()),
             }

@@ -169,7 +169,23 @@ class GeneratorConfig:
 
 @dataclass
 class ClassifierConfig:
-    """Stage 4: cosine-prototype classifier with train-only logit adjustment (method.md 2.6)."""
+    """Stage 4: cosine-prototype classifier with train-only logit adjustment (method.md 2.6).
+
+    ``frame`` (ours, issue 8): ``"centred"`` (default) projects the direction of the mean class
+    text feature out of every input, training feature and prototype, and starts each base
+    prototype at normalize(normalize(Pi t_c) + ``teacher_prior`` * mu_c), the centred text plus
+    the stage-1 vMF mean fitted to the teacher; new prototypes start at the centred text.
+    ``"published"`` keeps the reference: raw text-initialised prototypes, uncentred inputs.
+    Why: the teacher (a softmax without bias) is blind to anything all classes share, so its
+    fitted means and virtual features carry no shared component, while text prototypes and real
+    CLIP images carry large ones; uncentred, that component alone sends base images to new
+    classes (measured on CLIP-like worlds, README "Quality on CLIP-like worlds").
+
+    ``estimate`` / ``fallback`` (ours): before returning, the pipeline estimates on held-out
+    base classes (virtual data only, `pipeline/estimate.py`) whether the extended classifier
+    beats zero-shot CLIP, reports it, and returns zero-shot CLIP with a warning when it is not
+    expected to (``fallback=False`` keeps the extension and only warns).
+    """
 
     lr: float = 5e-5
     beta1: float = 0.5
@@ -178,10 +194,17 @@ class ClassifierConfig:
     scale: float = 100.0
     logit_adjust_ratio: float = 1.0  # p0(seen) = 1 / (1 + 1/ratio)
     logit_adjust: bool = True
+    frame: str = "centred"  # ours; "published": the reference's uncentred prototypes
+    teacher_prior: float = 1.0  # ours: weight of mu_c in the base prototypes' start (centred)
+    estimate: bool = True  # ours: estimate on held-out base classes whether it beats zero-shot
+    fallback: bool = True  # ours: return zero-shot CLIP when the estimate says it would not
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "batch_size", "scale", "logit_adjust_ratio")
-        _nonneg(self, "beta1")
+        _nonneg(self, "beta1", "teacher_prior")
+        if self.frame not in ("centred", "published"):
+            raise ValueError(f"ClassifierConfig.frame: 'centred' or 'published', got "
+                             f"{self.frame!r}")
 
 
 @dataclass

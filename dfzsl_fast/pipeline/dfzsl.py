@@ -47,7 +47,8 @@ from ..data.classnames import check_classnames
 from ..data.configs import DFZSLConfig
 from ._cache import StageCache, fingerprint, stage_key
 from .classifier import train_final_classifier
-from .extended import ExtendedClassifier, evaluate
+from .estimate import GainEstimate, base_prototype_start, estimate_gain
+from .extended import ExtendedClassifier, evaluate, project_out, text_center
 from .teacher import Teacher, as_teacher
 from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
 
@@ -74,6 +75,9 @@ class DFZSLResult:
             "paper_protocol_max_over_epochs" the best epoch's, labelled as such.
         features: the classifier's training set: {"virtual": (x, y), "synthesized": (x, y)},
             labels in class_names indices (for plots and inspection).
+        estimate: whether the extension is expected to beat zero-shot (held-out base
+            classes, `estimate.py`); None when `classifier.estimate` is off.
+        fell_back: True when the estimate said no and `classifier` is the zero-shot one.
     """
 
     classifier: ExtendedClassifier
@@ -88,6 +92,8 @@ class DFZSLResult:
     history: dict[str, list] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    estimate: GainEstimate | None = None
+    fell_back: bool = False
 
 
 def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
@@ -361,10 +367,18 @@ class DFZSL:
         # generator's preprocessing does
         xs = xv if shift is None else F.normalize(xv + shift, dim=1)
 
+        # the frame of stages 3-4 (ClassifierConfig.frame): "centred" projects the direction of
+        # the mean class text feature out of everything the final classifier sees
+        ccfg = cfg.classifier
+        center = text_center(T1) if ccfg.frame == "centred" else None
+
+        def frame(a: torch.Tensor) -> torch.Tensor:
+            return a if center is None else project_out(a, center.to(a.dtype))
+
         # 3. generator and synthesis
         t0 = time.perf_counter()
         gcfg = cfg.generator
-        k3 = stage_key("generator", k2, gcfg)
+        k3 = stage_key("generator", k2, gcfg, ccfg.frame if gcfg.kind == "vmf" else None)
         hit = self.cache.load("synthetic", k3)
         if hit is not None:
             tens, _ = hit
@@ -375,7 +389,9 @@ class DFZSL:
 
             k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
                              device=device)
-            xu, yu = sample_vmf(F.normalize(T1[unseen.to(device)], dim=1), k_u,
+            # around the new classes' text features, in the classifier's frame (centred: the
+            # same frame as the virtual features, which carry no shared component either)
+            xu, yu = sample_vmf(F.normalize(frame(T1[unseen.to(device)]), dim=1), k_u,
                                 n_per_class=gcfg.syn_num, seed=gcfg.seed + 1,
                                 wood_b=sim.wood_b, backend=self.backend)
             yu = unseen.to(device)[yu]
@@ -397,11 +413,13 @@ class DFZSL:
 
         # 4. final classifier
         t0 = time.perf_counter()
-        ccfg = cfg.classifier
         history: dict[str, list] = {"loss": []}
         test_hist: list[dict[str, float]] = []
-        tmp_clf = ExtendedClassifier(T1, names, seen, scale=ccfg.scale, shift=shift,
-                                     backend=self.backend)
+        # base prototypes start between the centred text and the fitted vMF mean (the teacher's
+        # class direction, centred by construction); new ones at the centred text
+        init = base_prototype_start(T1, mu, seen.to(device), center, ccfg.teacher_prior)
+        tmp_clf = ExtendedClassifier(init, names, seen, scale=ccfg.scale, shift=shift,
+                                     center=center, backend=self.backend)
 
         def _track(epoch, head, loss):
             history["loss"].append(loss)
@@ -410,15 +428,14 @@ class DFZSL:
                 s = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
                 test_hist.append({k: v for k, v in s.items() if not k.startswith("per_class")})
 
-        x_tr = torch.cat([xs, xu.to(xs.dtype)])
+        x_tr = frame(torch.cat([xs, xu.to(xs.dtype)]))
         y_tr = torch.cat([yv_all, yu])
         head = train_final_classifier(
-            x_tr, y_tr, T1, seen, unseen, scale=ccfg.scale, epochs=ccfg.epochs,
+            x_tr, y_tr, init, seen, unseen, scale=ccfg.scale, epochs=ccfg.epochs,
             batch_size=ccfg.batch_size or gcfg.syn_num, lr=ccfg.lr, betas=(ccfg.beta1, 0.999),
             ratio=ccfg.logit_adjust_ratio, adjust_logits=ccfg.logit_adjust, seed=cfg.seed,
             progress=self.progress, callback=_track, backend=self.backend,
         )
-        timings["classifier"] = time.perf_counter() - t0
         meta = {
             "method": "DFZSL",
             "dfzsl_fast_version": _version(),
@@ -429,9 +446,34 @@ class DFZSL:
             "synthetic_per_class": gcfg.syn_num,
             "teacher_sha": teacher_fp,
             "selection": "last epoch",
+            "frame": ccfg.frame,
         }
-        clf = ExtendedClassifier(head.weight.detach(), names, seen, scale=ccfg.scale,
-                                 shift=shift, metadata=meta, backend=self.backend)
+        clf = ExtendedClassifier(frame(head.weight.detach()), names, seen, scale=ccfg.scale,
+                                 shift=shift, center=center, metadata=meta, backend=self.backend)
+        timings["classifier"] = time.perf_counter() - t0
+
+        # 5. will it beat zero-shot? (held-out base classes, no test data; estimate.py)
+        t0 = time.perf_counter()
+        estimate: GainEstimate | None = None
+        fell_back = False
+        if ccfg.estimate:
+            sd = seen.to(device)
+            estimate = estimate_gain(teacher, mu, kappa, T1[sd], xs, yv, ccfg,
+                                     syn_num=min(gcfg.syn_num, 200), seed=cfg.seed,
+                                     backend=self.backend)
+            meta["estimate"] = estimate.to_dict()
+            if estimate.likely_better:
+                log.info("estimate: %s", estimate)
+            elif ccfg.fallback:
+                fell_back = True
+                log.warning("estimate: %s; returning the zero-shot classifier instead "
+                            "(classifier.fallback=false keeps the extension)", estimate)
+                clf = zero_shot_classifier(T0, names, seen, scale=ccfg.scale)
+                clf.metadata.update({**meta, "method": "zero-shot CLIP (DFZSL fallback)"})
+            else:
+                log.warning("estimate: %s (classifier.fallback=false: keeping the extension)",
+                            estimate)
+        timings["estimate"] = time.perf_counter() - t0
         scores: dict[str, Any] = {}
         if eval_data is not None and test_hist:
             key = "H" if cfg.protocol == "gzsl" else "HM"
@@ -448,7 +490,7 @@ class DFZSL:
         return DFZSLResult(
             classifier=clf, text_features=T0, tuned_text_features=T1, mu=mu, kappa=kappa,
             keep=keep, prompt_tuning=prompt_tuning, timings=timings, cached=cached,
-            history=history, scores=scores,
+            history=history, scores=scores, estimate=estimate, fell_back=fell_back,
             features={"virtual": (xs, yv_all), "synthesized": (xu, yu)},
         )
 

@@ -1,8 +1,16 @@
 """The pipeline's product: a cosine classifier over base + new classes, and its evaluation.
 
 `ExtendedClassifier` is what `DFZSL.fit` returns and what `dfzsl-fast run` saves: learnable
-prototypes P (C_all, D), a logit scale (100), and an optional input shift s (D,) learned by FLPT
-(the text-to-image residual). logits = scale * cos(normalize(x) + s, P).
+prototypes P (C_all, D), a logit scale (100), an optional input shift s (D,) learned by FLPT
+(the text-to-image residual) and an optional centre direction c (D,):
+logits = scale * cos(Pi_c (normalize(x) + s), P), Pi_c = I - c c^T.
+
+The centre (ours, issue 8) is the direction of the mean class text feature. A softmax teacher
+without bias is blind to whatever all classes share, so the base prototypes it teaches carry no
+shared component, while prototypes built from text carry CLIP's large one (mean pairwise cosine
+0.61 on the real ImageNet head); every CLIP image also has a positive component along it. Unless
+it is projected out, that component alone decides between base and new prototypes. With c
+projected out of inputs and prototypes, the decision uses only the class-specific parts.
 
 The shift is applied to the L2-normalised feature (ours). The reference adds it to the raw
 test feature (norm about 10) but to the unit-norm virtual features during training, so the
@@ -29,7 +37,21 @@ from ..metrics import base_to_new_scores, gzsl_scores
 from ..nn.cosine_classifier import CosineClassifier
 from ..ops import cosine as _ops
 
-__all__ = ["ExtendedClassifier", "evaluate"]
+__all__ = ["ExtendedClassifier", "evaluate", "project_out", "text_center"]
+
+
+def text_center(text_features: torch.Tensor) -> torch.Tensor:
+    """(D,) unit direction of the mean of the unit-normalised class text features (C, D)."""
+    m = F.normalize(text_features.detach().float(), dim=1).mean(0)
+    return m / m.norm().clamp_min(1e-12)
+
+
+def project_out(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
+    """(N, D) rows minus their component along the unit (D,) ``center``: x - (x c) c^T."""
+    c = center.to(dtype=x.dtype, device=x.device)
+    # an elementwise product and a row sum, not a BLAS matrix-vector product: BLAS results can
+    # depend on the buffers' alignment, and a cached stage must reproduce a fresh one bitwise
+    return x - (x * c).sum(-1, keepdim=True) * c
 
 
 class ExtendedClassifier(nn.Module):
@@ -41,6 +63,8 @@ class ExtendedClassifier(nn.Module):
         seen_classes: indices of the base (seen) classes; the others are new (unseen).
         scale: logit scale (100 in DFZSL).
         shift: optional (D,) input shift added to the unit-norm feature (FLPT residual).
+        center: optional (D,) direction projected out of the unit-norm feature (normalised
+            here; the rows of ``weight`` should already be orthogonal to it).
         metadata: JSON-compatible provenance (config, text tower, timings, ...).
         backend: backend of the fused cosine ops.
     """
@@ -53,6 +77,7 @@ class ExtendedClassifier(nn.Module):
         *,
         scale: float = 100.0,
         shift: torch.Tensor | None = None,
+        center: torch.Tensor | None = None,
         metadata: dict[str, Any] | None = None,
         backend: str | None = None,
     ) -> None:
@@ -79,6 +104,14 @@ class ExtendedClassifier(nn.Module):
                 raise ValueError(f"shift: expected a ({D},) tensor")
             shift = shift.detach().to(weight.dtype).clone()
         self.register_buffer("shift", shift)
+        if center is not None:
+            if not isinstance(center, torch.Tensor) or center.shape != (D,):
+                raise ValueError(f"center: expected a ({D},) tensor")
+            center = center.detach().to(weight.dtype).clone()
+            if not bool(torch.isfinite(center).all()) or float(center.norm()) == 0.0:
+                raise ValueError("center: expected a finite, non-zero vector")
+            center = center / center.norm()
+        self.register_buffer("center", center)
         self.scale = float(scale)
         self.class_names = names
         self.seen_classes = torch.sort(seen).values
@@ -98,15 +131,18 @@ class ExtendedClassifier(nn.Module):
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes} "
             f"({self.seen_classes.numel()} base + {self.unseen_classes.numel()} new), "
-            f"scale={self.scale}, shift={'yes' if self.shift is not None else 'no'}"
+            f"scale={self.scale}, shift={'yes' if self.shift is not None else 'no'}, "
+            f"centred={'yes' if self.center is not None else 'no'}"
         )
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) features -> normalize(x) + shift, in the weight's dtype and device."""
+        """(N, D) features -> Pi_c (normalize(x) + shift), in the weight's dtype and device."""
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x: expected an (N, {self.in_features}) tensor")
         x = F.normalize(x.to(device=self.weight.device, dtype=self.weight.dtype), dim=1)
-        return x if self.shift is None else x + self.shift
+        if self.shift is not None:
+            x = x + self.shift
+        return x if self.center is None else project_out(x, self.center)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) raw features -> (N, C_all) logits."""
@@ -130,6 +166,7 @@ class ExtendedClassifier(nn.Module):
         return save_classifier(
             path, self.as_cosine(), class_names=self.class_names, seen_classes=self.seen_classes,
             metadata={**self.metadata, **extra_meta}, input_shift=self.shift,
+            input_center=self.center,
         )
 
     @classmethod

@@ -1,0 +1,204 @@
+"""Will the extended classifier beat zero-shot CLIP? An estimate from the base classes only.
+
+Before `DFZSL.fit` returns, it re-runs stages 3-4 on a pseudo task made of the base classes
+alone (issue 8, item 3), with no test data:
+
+1. Hold out ``holdout_fraction`` of the base classes (seeded): they play the new classes, known
+   only by their text features; the rest play the base classes.
+2. Train the final classifier exactly as the pipeline does (same frame, same prototype start,
+   same loss and schedule) on the kept classes' virtual features and vMF features drawn around
+   the held-out classes' text features (the ``vmf`` generator kind, whatever kind the run uses:
+   a TF-VAEGAN retrained per estimate would cost as much as the run).
+3. Score it, and zero-shot CLIP (the untuned text features, uncentred), on fresh validation
+   features of **every** base class: the teacher knows all of them, so these carry true labels.
+   Two priors make them look like CLIP image features rather than virtual ones:
+   - they are drawn from vMF(mu_c, kappa_val), with kappa_val lowered until the teacher's own
+     accuracy on them is ``teacher_accuracy`` (virtual features at the stage-1 kappa are
+     separated almost perfectly; real CLIP heads are not);
+   - each gets a component along the mean text direction, cosine ``image_text_cos`` (real CLIP
+     image features all lean towards the text mean; a teacher cannot show it, so the virtual
+     features lack it, and a classifier that keys on it fails on real images).
+4. The verdict is GZSL H (held-out classes as U) of the two; `DFZSL.fit` reports it, warns
+   when the extension is not expected to win, and falls back to zero-shot unless told not to.
+
+Cost: one extra stage-4 training on 80 % of the base classes (a few seconds to a minute).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..data.configs import ClassifierConfig
+from ..metrics import gzsl_scores
+from ..ops.vmf import sample_vmf
+from .classifier import train_final_classifier
+from .extended import project_out, text_center
+from .teacher import Teacher
+
+__all__ = ["GainEstimate", "estimate_gain", "base_prototype_start"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GainEstimate:
+    """The estimate's verdict (fractions in [0, 1]).
+
+    Attributes:
+        zero_shot: {"S", "U", "H"} of zero-shot CLIP on the pseudo task.
+        extended: {"S", "U", "H"} of the extended classifier built as the pipeline builds it.
+        likely_better: extended H > zero-shot H.
+        kappa_val: concentration of the validation features.
+        held_out: base classes (teacher rows) that played the new classes.
+    """
+
+    zero_shot: dict[str, float]
+    extended: dict[str, float]
+    likely_better: bool
+    kappa_val: float
+    held_out: list[int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def __str__(self) -> str:
+        z, e = self.zero_shot, self.extended
+        verdict = "likely beats" if self.likely_better else "is NOT expected to beat"
+        return (f"the extended classifier {verdict} zero-shot CLIP (estimate on held-out base "
+                f"classes, no test data: H {100 * e['H']:.1f} vs {100 * z['H']:.1f})")
+
+
+def base_prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
+                         center: torch.Tensor | None, teacher_prior: float) -> torch.Tensor:
+    """The final classifier's starting prototypes, (C, D) unit rows (one formula, two callers).
+
+    Centred frame: every row starts at the centred text; a base row c then moves to
+    normalize(row + teacher_prior * normalize(Pi mu_c)). Uncentred: the normalised text.
+    ``mu`` is (len(seen), D) in ``seen`` order.
+    """
+    def frame(a):
+        return a if center is None else project_out(a, center.to(a.dtype))
+
+    # contiguous float32 copies: a cached stage returns contiguous tensors, a fresh one may
+    # hand over views, and the two must give bit-identical prototypes
+    text, mu = text.float().contiguous(), mu.float().contiguous()
+    init = F.normalize(frame(text), dim=1)
+    if center is not None and teacher_prior > 0:
+        sd = seen.to(init.device)
+        init[sd] = F.normalize(init[sd] + teacher_prior * F.normalize(
+            frame(mu.to(init.dtype)), dim=1), dim=1)
+    return init
+
+
+def _validation_kappa(mu: torch.Tensor, teacher: Teacher, target: float, n: int, seed: int,
+                      kappa_max: float) -> float:
+    """The kappa at which the teacher labels vMF(mu_c, kappa) samples right at ``target``."""
+    C = mu.shape[0]
+    lo, hi = 1.0, max(float(kappa_max), 2.0)
+    for _ in range(12):
+        k = (lo * hi) ** 0.5  # bisection in log kappa
+        x, y = sample_vmf(mu, torch.full((C,), k, dtype=torch.float64), n_per_class=n,
+                          seed=seed)
+        acc = float((teacher.predict(x) == y).double().mean())
+        lo, hi = (lo, k) if acc >= target else (k, hi)
+    return (lo * hi) ** 0.5
+
+
+@torch.no_grad()
+def _lean(x: torch.Tensor, center: torch.Tensor, cos: float) -> torch.Tensor:
+    """Unit rows with cosine ``cos`` to ``center`` and their centred part's direction."""
+    c = center.to(x.dtype)
+    xc = F.normalize(project_out(F.normalize(x, dim=1), c), dim=1)
+    return (1.0 - cos * cos) ** 0.5 * xc + cos * c
+
+
+def estimate_gain(
+    teacher: Teacher,
+    mu: torch.Tensor,
+    kappa: torch.Tensor,
+    text: torch.Tensor,
+    x_virtual: torch.Tensor,
+    y_virtual: torch.Tensor,
+    classifier: ClassifierConfig,
+    *,
+    syn_num: int = 200,
+    holdout_fraction: float = 0.2,
+    teacher_accuracy: float = 0.8,
+    image_text_cos: float = 0.25,
+    val_per_class: int = 20,
+    seed: int = 0,
+    backend: str | None = None,
+) -> GainEstimate:
+    """Estimate, on held-out base classes, whether the extension beats zero-shot.
+
+    Args:
+        teacher: the black-box teacher (C_s classes).
+        mu: (C_s, D) fitted vMF means; kappa: (C_s,) stage-1 concentrations.
+        text: (C_s, D) the base classes' (tuned) text features, teacher row order.
+        x_virtual, y_virtual: the virtual features (N, D) and labels (N,) in [0, C_s), as the
+            final classifier sees them (shifted, not yet centred).
+        classifier: the stage-4 config (frame, prototype start, schedule).
+        syn_num: pseudo-new features per held-out class.
+        holdout_fraction: share of base classes held out (at least one, at most C_s - 1).
+        teacher_accuracy: the teacher's accuracy on the validation features (sets kappa_val).
+        image_text_cos: cosine of each validation feature to the mean text direction.
+        val_per_class: validation features per base class.
+        seed: seeds the split and every draw.
+
+    Returns:
+        A :class:`GainEstimate`.
+    """
+    C_s, D = mu.shape
+    if C_s < 2:
+        raise ValueError("estimate_gain: needs at least 2 base classes")
+    device = mu.device
+    g = torch.Generator().manual_seed(int(seed) + 4099)
+    perm = torch.randperm(C_s, generator=g)
+    n_hold = min(max(1, round(holdout_fraction * C_s)), C_s - 1)
+    hold = perm[:n_hold].sort().values.to(device)
+    keep = perm[n_hold:].sort().values.to(device)
+    center = text_center(text) if classifier.frame == "centred" else None
+
+    def frame(a):
+        return a if center is None else project_out(a, center.to(a.dtype))
+
+    # pseudo task: keep = base (virtual features), hold = new (vMF around their text)
+    in_keep = torch.isin(y_virtual, keep)
+    xk, yk = x_virtual[in_keep], y_virtual[in_keep]
+    kmax = float(kappa.max())
+    means_u = F.normalize(frame(text[hold].float()), dim=1)
+    xu, yu = sample_vmf(means_u, torch.full((n_hold,), kmax, dtype=torch.float64),
+                        n_per_class=syn_num, seed=int(seed) + 4100, backend=backend)
+    yu = hold[yu]
+    mu_keep = torch.zeros_like(mu)
+    mu_keep[keep] = mu[keep]  # the held-out means are unknown in the pseudo task
+    init = base_prototype_start(text, mu_keep[keep], keep, center, classifier.teacher_prior)
+    head = train_final_classifier(
+        frame(torch.cat([xk, xu.to(xk.dtype)])), torch.cat([yk, yu]), init, keep, hold,
+        scale=classifier.scale, epochs=classifier.epochs,
+        batch_size=classifier.batch_size or 512, lr=classifier.lr,
+        betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
+        adjust_logits=classifier.logit_adjust, seed=int(seed), progress=False, backend=backend,
+    )
+    P = F.normalize(frame(head.weight.detach().float()), dim=1)
+
+    # validation features of every base class, made to look like CLIP image features
+    k_val = _validation_kappa(F.normalize(mu.float(), dim=1), teacher, teacher_accuracy,
+                              val_per_class, int(seed) + 4101, kmax)
+    xv, yv = sample_vmf(F.normalize(mu.float(), dim=1),
+                        torch.full((C_s,), k_val, dtype=torch.float64),
+                        n_per_class=val_per_class, seed=int(seed) + 4102, backend=backend)
+    xv = _lean(xv.float(), text_center(text), image_text_cos)
+    T = F.normalize(text.float(), dim=1)
+    s_zs = gzsl_scores((xv @ T.T).argmax(1), yv, keep, hold)
+    s_ext = gzsl_scores((F.normalize(frame(xv), dim=1) @ P.T).argmax(1), yv, keep, hold)
+    z = {k: float(s_zs[k]) for k in "SUH"}
+    e = {k: float(s_ext[k]) for k in "SUH"}
+    return GainEstimate(zero_shot=z, extended=e, likely_better=e["H"] > z["H"],
+                        kappa_val=k_val, held_out=hold.tolist())
