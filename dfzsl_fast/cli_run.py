@@ -300,6 +300,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if mx:
         print(f"(DFZSL selection: last epoch. The published protocol's max over epochs on the "
               f"test set would report H {100 * mx['H']:.1f}; not a valid selection.)")
+    e = s.get("estimate")
+    if e:
+        verdict = "expected to beat" if e["likely_better"] else "NOT expected to beat"
+        print(f"before returning, DFZSL estimated on held-out base classes (no test data) that "
+              f"it is {verdict} zero-shot: H {100 * e['extended']['H']:.1f} vs "
+              f"{100 * e['zero_shot']['H']:.1f}"
+              + ("; it returned zero-shot CLIP instead" if s.get("fell_back_to_zero_shot")
+                 else ""))
+    q = s.get("new_class_prototypes")
+    if q:
+        print(f"new-class quality (new classes only, prototypes on their test images): "
+              f"{q['generator']} feature means {100 * q['synthesized_means']:.1f}%, text "
+              f"features {100 * q['text_features']:.1f}%")
     t = s["timings_s"]
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in t.items()))
     if out is not None:

@@ -180,6 +180,20 @@ def run_demo(
         s_icis = evaluate(icis_clf, x_te, y_te)
         t_icis = time.perf_counter() - t0
 
+    # new-class quality, measured directly: the generator's new-class feature means, and the
+    # text features, as prototypes on the new classes' test features (new classes only)
+    from .metrics import prototype_accuracy
+
+    xu_syn, yu_syn = res.features["synthesized"]
+    m_u = torch.zeros(len(names), xu_syn.shape[1]).index_add_(
+        0, yu_syn.cpu(), torch.nn.functional.normalize(xu_syn.float().cpu(), dim=1))[unseen]
+    is_u = torch.isin(y_te, unseen)
+    new_quality = {
+        "generator": cfg.generator.kind,
+        "synthesized_means": prototype_accuracy(m_u, x_te[is_u], y_te[is_u], unseen),
+        "text_features": prototype_accuracy(res.text_features[unseen].cpu(), x_te[is_u],
+                                            y_te[is_u], unseen),
+    }
     summary = {
         "dataset": dataset,
         "seed": seed,
@@ -191,6 +205,9 @@ def run_demo(
         "dfzsl_paper_protocol_max_over_epochs": res.scores.get("paper_protocol_max_over_epochs"),
         "icis": {k: s_icis[k] for k in "SUH"} if s_icis else None,
         "prompt_tuning": res.prompt_tuning,
+        "estimate": res.estimate.to_dict() if res.estimate is not None else None,
+        "fell_back_to_zero_shot": res.fell_back,
+        "new_class_prototypes": new_quality,
         "virtual_kept": res.keep.total_kept if res.keep is not None else None,
         "timings_s": {"world": t_world, **res.timings, "icis": t_icis,
                       "total": time.perf_counter() - t_start},

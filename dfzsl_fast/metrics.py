@@ -342,3 +342,37 @@ def base_to_new_scores(
     out["n_base"] = int(is_base.sum())
     out["n_new"] = int(is_new.sum())
     return out
+
+
+def prototype_accuracy(
+    prototypes: torch.Tensor, x: torch.Tensor, y: ArrayLike, classes: ArrayLike
+) -> float:
+    """Per-class mean top-1 of the cosine classifier ``prototypes`` among ``classes`` only.
+
+    Used to measure new-class quality directly: the means of a generator's features for the
+    new classes, or their text features, as prototypes on the new classes' test features.
+
+    Args:
+        prototypes: (K, D) one row per entry of ``classes``, in that order.
+        x: (N, D) features whose labels ``y`` (N,) all lie in ``classes``.
+        classes: (K,) class indices.
+
+    Returns:
+        Accuracy in [0, 1] (mean over the classes present in ``y``).
+    """
+    cls = _as_classes(classes, "classes", torch.device("cpu"))
+    yy = _as_labels(y, "y")
+    P = torch.as_tensor(prototypes).float().cpu()
+    X = torch.as_tensor(x).float().cpu()
+    if P.dim() != 2 or P.shape[0] != cls.numel():
+        raise ValueError(f"`prototypes` must be ({cls.numel()}, D), got {tuple(P.shape)}")
+    if X.dim() != 2 or X.shape[1] != P.shape[1] or X.shape[0] != yy.numel():
+        raise ValueError("`x` must be (N, D) with the prototypes' D and one row per label")
+    if not bool(torch.isin(yy, cls).all()):
+        raise ValueError("`y` holds labels outside `classes`")
+    P = P / P.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    X = X / X.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    pred = cls[(X @ P.T).argmax(1)]
+    acc, cnt = per_class_accuracy(pred, yy, cls)
+    return float(acc[cnt > 0].mean())
+

@@ -462,6 +462,7 @@ class DFZSL:
                                      syn_num=min(gcfg.syn_num, 200), seed=cfg.seed,
                                      backend=self.backend)
             meta["estimate"] = estimate.to_dict()
+            clf.metadata["estimate"] = meta["estimate"]
             if estimate.likely_better:
                 log.info("estimate: %s", estimate)
             elif ccfg.fallback:

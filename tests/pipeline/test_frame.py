@@ -1,0 +1,130 @@
+"""The centred frame of the final classifier and the held-out-base estimate (issue 8)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfzsl_fast.data.configs import ClassifierConfig
+from dfzsl_fast.metrics import prototype_accuracy
+from dfzsl_fast.pipeline.dfzsl import DFZSL
+from dfzsl_fast.pipeline.estimate import base_prototype_start
+from dfzsl_fast.pipeline.extended import ExtendedClassifier, project_out, text_center
+
+from .test_dfzsl import NAMES, SEEN, tiny_config, tiny_world
+
+
+def _shared_world(seed: int = 0, C: int = 12, D: int = 24, shared: float = 0.8):
+    """Text with a large shared component; images with another one (CLIP's two cones)."""
+    g = torch.Generator().manual_seed(seed)
+    tdir, idir = F.normalize(torch.randn(2, D, generator=g), dim=1)
+    own = F.normalize(torch.randn(C, D, generator=g), dim=1)
+    text = F.normalize(shared * tdir + 0.6 * own, dim=1)
+    y = torch.arange(C).repeat_interleave(20)
+    x = F.normalize(2.0 * idir + own[y] + 0.3 * torch.randn(y.numel(), D, generator=g), dim=1)
+    return text, own, x, y
+
+
+def test_project_out_and_text_center():
+    text, _, x, _ = _shared_world()
+    c = text_center(text)
+    assert torch.allclose(c.norm(), torch.tensor(1.0))
+    p = project_out(x, c)
+    assert float((p @ c).abs().max()) < 1e-6
+    assert torch.allclose(project_out(p, c), p, atol=1e-7)  # idempotent
+
+
+def test_centre_makes_the_classifier_blind_to_the_shared_direction():
+    text, _, x, _ = _shared_world()
+    c = text_center(text)
+    P = F.normalize(project_out(text, c), dim=1)
+    clf = ExtendedClassifier(P, [f"c{i}" for i in range(12)], list(range(6)), center=c)
+    moved = F.normalize(x, dim=1) + 5.0 * c  # any amount of the shared direction
+    assert torch.equal(clf.predict(x), clf.predict(moved))
+
+
+def test_center_saved_and_loaded(tmp_path):
+    text, _, x, _ = _shared_world()
+    c = text_center(text)
+    clf = ExtendedClassifier(F.normalize(project_out(text, c), dim=1),
+                             [f"c{i}" for i in range(12)], list(range(6)), center=c)
+    clf.save(tmp_path / "h.safetensors")
+    back = ExtendedClassifier.load(tmp_path / "h.safetensors")
+    assert back.center is not None and torch.equal(back.center, clf.center)
+    assert torch.equal(back(x), clf(x))
+    with pytest.raises(ValueError, match="center"):
+        ExtendedClassifier(text, [f"c{i}" for i in range(12)], [0], center=torch.zeros(24))
+
+
+def test_base_prototype_start():
+    text, own, _, _ = _shared_world()
+    seen = torch.arange(6)
+    c = text_center(text)
+    mu = own[:6]
+    P = base_prototype_start(text, mu, seen, c, 1.0)
+    assert torch.allclose(P.norm(dim=1), torch.ones(12), atol=1e-6)
+    assert float((P @ c).abs().max()) < 1e-5
+    # new rows: the centred text; base rows between centred text and the centred mean
+    assert torch.allclose(P[6:], F.normalize(project_out(text[6:], c), dim=1), atol=1e-6)
+    tc = F.normalize(project_out(text[:6], c), dim=1)
+    mc = F.normalize(project_out(mu, c), dim=1)
+    assert torch.allclose(P[:6], F.normalize(tc + mc, dim=1), atol=1e-6)
+    # published frame: the plain normalised text
+    assert torch.allclose(base_prototype_start(text, mu, seen, None, 1.0),
+                          F.normalize(text, dim=1))
+
+
+def test_fit_reports_estimate_and_centres():
+    text, W, x, y = tiny_world()
+    res = DFZSL(tiny_config(kind="vmf"), progress=False).fit(W, NAMES, SEEN, text_features=text)
+    clf = res.classifier
+    assert res.estimate is not None and 0.0 <= res.estimate.extended["H"] <= 1.0
+    assert "estimate" in clf.metadata or res.fell_back
+    if not res.fell_back:
+        assert clf.center is not None
+        assert float((clf.weight @ clf.center).abs().max()) < 1e-5
+
+
+def test_fallback_and_override(monkeypatch):
+    """When the estimate says no, zero-shot is returned; fallback=false keeps the extension."""
+    import dfzsl_fast.pipeline.dfzsl as dfzsl_mod
+    from dfzsl_fast.data.configs import DFZSLConfig
+    from dfzsl_fast.pipeline.estimate import GainEstimate
+
+    def says_no(*a, **k):
+        return GainEstimate(zero_shot={"S": 0.6, "U": 0.6, "H": 0.6},
+                            extended={"S": 0.9, "U": 0.1, "H": 0.18}, likely_better=False,
+                            kappa_val=10.0, held_out=[0])
+
+    monkeypatch.setattr(dfzsl_mod, "estimate_gain", says_no)
+    text, W, _, _ = tiny_world()
+    cfg = tiny_config(kind="vmf")
+    res = DFZSL(cfg, progress=False).fit(W, NAMES, SEEN, text_features=text)
+    assert res.fell_back and res.classifier.metadata["method"].startswith("zero-shot")
+    assert torch.equal(res.classifier.weight, text)
+    assert res.classifier.metadata["estimate"]["likely_better"] is False
+    d = cfg.to_dict()
+    d["classifier"]["fallback"] = False
+    kept = DFZSL(DFZSLConfig.from_dict(d), progress=False).fit(W, NAMES, SEEN,
+                                                               text_features=text)
+    assert not kept.fell_back and kept.classifier.metadata["method"] == "DFZSL"
+
+
+def test_classifier_config_checks():
+    with pytest.raises(ValueError, match="frame"):
+        ClassifierConfig(frame="tilted")
+    with pytest.raises(ValueError, match="teacher_prior"):
+        ClassifierConfig(teacher_prior=-1.0)
+
+
+def test_prototype_accuracy():
+    text, own, x, y = _shared_world()
+    classes = torch.arange(6, 12)
+    m = torch.isin(y, classes)
+    acc = prototype_accuracy(own[6:], x[m], y[m], classes)
+    pred = classes[(F.normalize(x[m], dim=1) @ own[6:].T).argmax(1)]
+    per_class = [float((pred[y[m] == c] == c).double().mean()) for c in classes.tolist()]
+    assert abs(acc - sum(per_class) / len(per_class)) < 1e-12
+    with pytest.raises(ValueError, match="outside"):
+        prototype_accuracy(own[6:], x, y, classes)
