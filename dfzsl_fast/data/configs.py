@@ -172,10 +172,13 @@ class ClassifierConfig:
     """Stage 4: cosine-prototype classifier with train-only logit adjustment (method.md 2.6).
 
     ``frame`` (ours, issue 8): ``"centred"`` (default) projects the direction of the mean class
-    text feature out of every input, training feature and prototype, and starts each base
-    prototype at normalize(normalize(Pi t_c) + ``teacher_prior`` * mu_c), the centred text plus
-    the stage-1 vMF mean fitted to the teacher; new prototypes start at the centred text.
-    ``"published"`` keeps the reference: raw text-initialised prototypes, uncentred inputs.
+    text feature out of every input, training feature and prototype, and puts base and new
+    classes in one frame, the one the virtual features live in: a base prototype starts at
+    its stage-1 vMF mean (fitted to the teacher), a new one at its centred text feature mapped
+    into that frame by a ridge map towards the identity learned on the base pairs
+    (`pipeline/text_map.py`; ``text_map=False``: the centred text itself); the ``vmf``
+    generator draws the new classes' features around those starts. ``"published"`` keeps the
+    reference: raw text-initialised prototypes, uncentred inputs.
     Why: the teacher (a softmax without bias) is blind to anything all classes share, so its
     fitted means and virtual features carry no shared component, while text prototypes and real
     CLIP images carry large ones; uncentred, that component alone sends base images to new
@@ -195,13 +198,13 @@ class ClassifierConfig:
     logit_adjust_ratio: float = 1.0  # p0(seen) = 1 / (1 + 1/ratio)
     logit_adjust: bool = True
     frame: str = "centred"  # ours; "published": the reference's uncentred prototypes
-    teacher_prior: float = 1.0  # ours: weight of mu_c in the base prototypes' start (centred)
+    text_map: bool = True  # ours: new classes start at their text mapped into the teacher frame
     estimate: bool = True  # ours: estimate on held-out base classes whether it beats zero-shot
     fallback: bool = True  # ours: return zero-shot CLIP when the estimate says it would not
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "batch_size", "scale", "logit_adjust_ratio")
-        _nonneg(self, "beta1", "teacher_prior")
+        _nonneg(self, "beta1")
         if self.frame not in ("centred", "published"):
             raise ValueError(f"ClassifierConfig.frame: 'centred' or 'published', got "
                              f"{self.frame!r}")

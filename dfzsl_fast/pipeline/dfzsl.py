@@ -47,7 +47,7 @@ from ..data.classnames import check_classnames
 from ..data.configs import DFZSLConfig
 from ._cache import StageCache, fingerprint, stage_key
 from .classifier import train_final_classifier
-from .estimate import GainEstimate, base_prototype_start, estimate_gain
+from .estimate import GainEstimate, estimate_gain, prototype_start
 from .extended import ExtendedClassifier, evaluate, project_out, text_center
 from .teacher import Teacher, as_teacher
 from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
@@ -375,10 +375,18 @@ class DFZSL:
         def frame(a: torch.Tensor) -> torch.Tensor:
             return a if center is None else project_out(a, center.to(a.dtype))
 
+        # where every class starts: base at its fitted mean, new at its mapped text (centred)
+        init, text_map = prototype_start(T1, mu, seen.to(device), center, ccfg.text_map,
+                                         seed=cfg.seed)
+        if text_map is not None:
+            log.info("text map: lambda %g chosen on held-out base classes (cosine %s)",
+                     text_map.lam, {k: round(v, 3) for k, v in text_map.val_cos.items()})
+
         # 3. generator and synthesis
         t0 = time.perf_counter()
         gcfg = cfg.generator
-        k3 = stage_key("generator", k2, gcfg, ccfg.frame if gcfg.kind == "vmf" else None)
+        k3 = stage_key("generator", k2, gcfg,
+                       (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None)
         hit = self.cache.load("synthetic", k3)
         if hit is not None:
             tens, _ = hit
@@ -389,9 +397,9 @@ class DFZSL:
 
             k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
                              device=device)
-            # around the new classes' text features, in the classifier's frame (centred: the
-            # same frame as the virtual features, which carry no shared component either)
-            xu, yu = sample_vmf(F.normalize(frame(T1[unseen.to(device)]), dim=1), k_u,
+            # around the new classes' starting prototypes: in the centred frame their mapped
+            # text, the frame the virtual features live in (published: the text itself)
+            xu, yu = sample_vmf(init[unseen.to(device)], k_u,
                                 n_per_class=gcfg.syn_num, seed=gcfg.seed + 1,
                                 wood_b=sim.wood_b, backend=self.backend)
             yu = unseen.to(device)[yu]
@@ -415,9 +423,6 @@ class DFZSL:
         t0 = time.perf_counter()
         history: dict[str, list] = {"loss": []}
         test_hist: list[dict[str, float]] = []
-        # base prototypes start between the centred text and the fitted vMF mean (the teacher's
-        # class direction, centred by construction); new ones at the centred text
-        init = base_prototype_start(T1, mu, seen.to(device), center, ccfg.teacher_prior)
         tmp_clf = ExtendedClassifier(init, names, seen, scale=ccfg.scale, shift=shift,
                                      center=center, backend=self.backend)
 
@@ -447,6 +452,7 @@ class DFZSL:
             "teacher_sha": teacher_fp,
             "selection": "last epoch",
             "frame": ccfg.frame,
+            "text_map_lambda": text_map.lam if text_map is not None else None,
         }
         clf = ExtendedClassifier(frame(head.weight.detach()), names, seen, scale=ccfg.scale,
                                  shift=shift, center=center, metadata=meta, backend=self.backend)

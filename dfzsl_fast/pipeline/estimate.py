@@ -6,9 +6,10 @@ alone (issue 8, item 3), with no test data:
 1. Hold out ``holdout_fraction`` of the base classes (seeded): they play the new classes, known
    only by their text features; the rest play the base classes.
 2. Train the final classifier exactly as the pipeline does (same frame, same prototype start,
-   same loss and schedule) on the kept classes' virtual features and vMF features drawn around
-   the held-out classes' text features (the ``vmf`` generator kind, whatever kind the run uses:
-   a TF-VAEGAN retrained per estimate would cost as much as the run).
+   same text map fitted on the kept classes only, same loss and schedule) on the kept classes'
+   virtual features and vMF features drawn around the held-out classes' starting prototypes
+   (the ``vmf`` generator kind, whatever kind the run uses: a TF-VAEGAN retrained per estimate
+   would cost as much as the run).
 3. Score it, and zero-shot CLIP (the untuned text features, uncentred), on fresh validation
    features of **every** base class: the teacher knows all of them, so these carry true labels.
    Two priors make them look like CLIP image features rather than virtual ones:
@@ -40,8 +41,9 @@ from ..ops.vmf import sample_vmf
 from .classifier import train_final_classifier
 from .extended import project_out, text_center
 from .teacher import Teacher
+from .text_map import TextMap, fit_text_map
 
-__all__ = ["GainEstimate", "estimate_gain", "base_prototype_start"]
+__all__ = ["GainEstimate", "estimate_gain", "prototype_start"]
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +76,45 @@ class GainEstimate:
                 f"classes, no test data: H {100 * e['H']:.1f} vs {100 * z['H']:.1f})")
 
 
-def base_prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
-                         center: torch.Tensor | None, teacher_prior: float) -> torch.Tensor:
+def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
+                    center: torch.Tensor | None, use_map: bool = True,
+                    seed: int = 0) -> tuple[torch.Tensor, TextMap | None]:
     """The final classifier's starting prototypes, (C, D) unit rows (one formula, two callers).
 
-    Centred frame: every row starts at the centred text; a base row c then moves to
-    normalize(row + teacher_prior * normalize(Pi mu_c)). Uncentred: the normalised text.
-    ``mu`` is (len(seen), D) in ``seen`` order.
-    """
-    def frame(a):
-        return a if center is None else project_out(a, center.to(a.dtype))
+    Centred frame: a base row starts at its fitted vMF mean (the teacher's view of the class,
+    centred by construction, the frame the virtual features live in); a new row at its centred
+    text feature mapped into that frame by `fit_text_map` (fitted on the base pairs, centred
+    text -> mean; ``use_map=False``: the centred text itself). Published: the normalised text.
 
+    Args:
+        text: (C, D) class text features of all classes.
+        mu: (len(seen), D) fitted vMF means in ``seen`` order.
+        seen: (C_s,) indices of the base classes.
+        center: the frame's centre (None: published frame).
+
+    Returns:
+        (prototypes (C, D) float32, the fitted map or None).
+    """
     # contiguous float32 copies: a cached stage returns contiguous tensors, a fresh one may
     # hand over views, and the two must give bit-identical prototypes
     text, mu = text.float().contiguous(), mu.float().contiguous()
+    if center is None:
+        return F.normalize(text, dim=1), None
+
+    def frame(a):
+        return project_out(a, center.to(a.dtype))
+
     init = F.normalize(frame(text), dim=1)
-    if center is not None and teacher_prior > 0:
-        sd = seen.to(init.device)
-        init[sd] = F.normalize(init[sd] + teacher_prior * F.normalize(
-            frame(mu.to(init.dtype)), dim=1), dim=1)
-    return init
+    sd = seen.to(init.device)
+    is_new = torch.ones(init.shape[0], dtype=torch.bool, device=init.device)
+    is_new[sd] = False
+    mu_c = F.normalize(frame(mu), dim=1)
+    tm = None
+    if use_map and bool(is_new.any()):
+        tm = fit_text_map(init[sd], mu_c, seed=seed)
+        init[is_new] = F.normalize(frame(tm.apply(init[is_new])), dim=1)
+    init[sd] = mu_c
+    return init, tm
 
 
 def _validation_kappa(mu: torch.Tensor, teacher: Teacher, target: float, n: int, seed: int,
@@ -168,17 +189,16 @@ def estimate_gain(
     def frame(a):
         return a if center is None else project_out(a, center.to(a.dtype))
 
-    # pseudo task: keep = base (virtual features), hold = new (vMF around their text)
+    # pseudo task: keep = base (virtual features), hold = new (known by their text only: their
+    # fitted means are not used); prototypes start as the pipeline's do, and the pseudo-new
+    # features are drawn around the pseudo-new starting prototypes, as the vmf kind draws them
     in_keep = torch.isin(y_virtual, keep)
     xk, yk = x_virtual[in_keep], y_virtual[in_keep]
     kmax = float(kappa.max())
-    means_u = F.normalize(frame(text[hold].float()), dim=1)
-    xu, yu = sample_vmf(means_u, torch.full((n_hold,), kmax, dtype=torch.float64),
+    init, _ = prototype_start(text, mu[keep], keep, center, classifier.text_map, seed=seed)
+    xu, yu = sample_vmf(init[hold], torch.full((n_hold,), kmax, dtype=torch.float64),
                         n_per_class=syn_num, seed=int(seed) + 4100, backend=backend)
     yu = hold[yu]
-    mu_keep = torch.zeros_like(mu)
-    mu_keep[keep] = mu[keep]  # the held-out means are unknown in the pseudo task
-    init = base_prototype_start(text, mu_keep[keep], keep, center, classifier.teacher_prior)
     head = train_final_classifier(
         frame(torch.cat([xk, xu.to(xk.dtype)])), torch.cat([yk, yu]), init, keep, hold,
         scale=classifier.scale, epochs=classifier.epochs,

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from dfzsl_fast.data.configs import ClassifierConfig
 from dfzsl_fast.metrics import prototype_accuracy
 from dfzsl_fast.pipeline.dfzsl import DFZSL
-from dfzsl_fast.pipeline.estimate import base_prototype_start
+from dfzsl_fast.pipeline.estimate import prototype_start
+from dfzsl_fast.pipeline.text_map import fit_text_map
 from dfzsl_fast.pipeline.extended import ExtendedClassifier, project_out, text_center
 
 from .test_dfzsl import NAMES, SEEN, tiny_config, tiny_world
@@ -57,22 +58,40 @@ def test_center_saved_and_loaded(tmp_path):
         ExtendedClassifier(text, [f"c{i}" for i in range(12)], [0], center=torch.zeros(24))
 
 
-def test_base_prototype_start():
+def test_prototype_start():
     text, own, _, _ = _shared_world()
     seen = torch.arange(6)
     c = text_center(text)
     mu = own[:6]
-    P = base_prototype_start(text, mu, seen, c, 1.0)
+    P, tm = prototype_start(text, mu, seen, c, use_map=True)
     assert torch.allclose(P.norm(dim=1), torch.ones(12), atol=1e-6)
     assert float((P @ c).abs().max()) < 1e-5
-    # new rows: the centred text; base rows between centred text and the centred mean
-    assert torch.allclose(P[6:], F.normalize(project_out(text[6:], c), dim=1), atol=1e-6)
-    tc = F.normalize(project_out(text[:6], c), dim=1)
-    mc = F.normalize(project_out(mu, c), dim=1)
-    assert torch.allclose(P[:6], F.normalize(tc + mc, dim=1), atol=1e-6)
+    # base rows: the centred fitted means; new rows: the centred text through the map
+    assert torch.allclose(P[:6], F.normalize(project_out(mu, c), dim=1), atol=1e-6)
+    tc = F.normalize(project_out(text[6:], c), dim=1)
+    assert torch.allclose(P[6:], F.normalize(project_out(tm.apply(tc), c), dim=1), atol=1e-6)
+    P2, none = prototype_start(text, mu, seen, c, use_map=False)
+    assert none is None and torch.allclose(P2[6:], tc, atol=1e-6)
     # published frame: the plain normalised text
-    assert torch.allclose(base_prototype_start(text, mu, seen, None, 1.0),
-                          F.normalize(text, dim=1))
+    P3, _ = prototype_start(text, mu, seen, None)
+    assert torch.allclose(P3, F.normalize(text, dim=1))
+
+
+def test_text_map_recovers_a_rotation_and_shrinks_to_identity():
+    g = torch.Generator().manual_seed(0)
+    D, C = 16, 60
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+    t = F.normalize(torch.randn(C, D, generator=g, dtype=torch.float64), dim=1)
+    tm = fit_text_map(t, t @ q)  # targets: an exact rotation of the text
+    new = F.normalize(torch.randn(5, D, generator=g, dtype=torch.float64), dim=1)
+    assert float(F.cosine_similarity(tm.apply(new), new @ q).min()) > 0.95
+    # one pair cannot teach a map: the identity prior keeps new texts where they are
+    tm1 = fit_text_map(t[:1], (t @ q)[:1])
+    assert float(F.cosine_similarity(tm1.apply(new), new).mean()) > 0.8
+    with pytest.raises(ValueError, match="one shape"):
+        fit_text_map(t, t[:, :3])
+    with pytest.raises(ValueError, match="positive"):
+        fit_text_map(t, t, lambdas=[0.0])
 
 
 def test_fit_reports_estimate_and_centres():
@@ -114,8 +133,8 @@ def test_fallback_and_override(monkeypatch):
 def test_classifier_config_checks():
     with pytest.raises(ValueError, match="frame"):
         ClassifierConfig(frame="tilted")
-    with pytest.raises(ValueError, match="teacher_prior"):
-        ClassifierConfig(teacher_prior=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        ClassifierConfig(lr=-1.0)
 
 
 def test_prototype_accuracy():

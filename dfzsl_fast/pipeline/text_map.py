@@ -1,0 +1,103 @@
+"""A linear map from class text features to the teacher's class directions (ours, issue 8).
+
+CLIP's text and image towers are aligned, so a new class's text feature already points roughly
+where its images are; what it lacks is the teacher's view of the class (which directions the
+base classifier found discriminative, in the frame the virtual features live in). With C_s base
+pairs (centred text t_c, target direction m_c: the fitted vMF mean or the teacher row) we learn
+
+    A = argmin_A  sum_c ||t_c A - m_c||^2 + lam ||A - I||^2
+      = (T^T T + lam I)^-1 (T^T M + lam I)                      (D x D, closed form)
+
+a ridge regression shrunk towards the **identity** (not towards zero: with few base classes a
+map shrunk to zero sends every new class to the same point, which is why ICIS's predicted rows
+never win; measured in the README). A new class's direction is normalize(t_u A).
+
+``lam`` is chosen on held-out base classes only: hold out 20 % of them (seeded), fit on the rest
+for each candidate, keep the one whose predictions have the highest mean cosine to the held-out
+targets, then refit on all base classes.
+
+Example:
+    >>> tm = fit_text_map(text_c[seen], mu)            # (C_s, D), (C_s, D)
+    >>> new_dirs = tm.apply(text_c[unseen])            # (C_u, D) unit rows
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["TextMap", "fit_text_map", "LAMBDAS"]
+
+LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+
+
+@dataclass
+class TextMap:
+    """A fitted map. Attributes: A (D, D) float64; lam; val_cos per candidate lam."""
+
+    A: torch.Tensor
+    lam: float
+    val_cos: dict[float, float]
+
+    def apply(self, text: torch.Tensor) -> torch.Tensor:
+        """(N, D) text features -> (N, D) unit directions normalize(text A), text's dtype."""
+        out = text.to(torch.float64) @ self.A.to(text.device)
+        return F.normalize(out, dim=1).to(text.dtype)
+
+
+def _solve(X: torch.Tensor, Y: torch.Tensor, lam: float) -> torch.Tensor:
+    eye = torch.eye(X.shape[1], dtype=torch.float64, device=X.device)
+    return torch.linalg.solve(X.T @ X + lam * eye, X.T @ Y + lam * eye)
+
+
+def fit_text_map(
+    text: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    lambdas: Sequence[float] = LAMBDAS,
+    holdout_fraction: float = 0.2,
+    seed: int = 0,
+) -> TextMap:
+    """Fit A on base pairs, lam chosen on held-out base classes (see the module docstring).
+
+    Args:
+        text: (C_s, D) base-class text features (rows normalised inside).
+        targets: (C_s, D) target directions, same row order (normalised inside).
+        lambdas: candidate ridge strengths (> 0).
+        holdout_fraction: share of base classes held out to choose lam (>= 1 class; with a
+            single base class the largest lam is used).
+        seed: seeds the held-out split.
+
+    Returns:
+        A :class:`TextMap`.
+
+    Raises:
+        ValueError: shapes differ, non-finite values, no candidate lam.
+    """
+    if text.dim() != 2 or text.shape != targets.shape:
+        raise ValueError(f"text and targets: expected two (C_s, D) tensors of one shape, got "
+                         f"{tuple(text.shape)} and {tuple(targets.shape)}")
+    lams = [float(v) for v in lambdas]
+    if not lams or any(not (v > 0) for v in lams):
+        raise ValueError(f"lambdas: expected positive values, got {list(lambdas)}")
+    X = F.normalize(text.detach().to(torch.float64), dim=1)
+    Y = F.normalize(targets.detach().to(torch.float64), dim=1)
+    if not (bool(torch.isfinite(X).all()) and bool(torch.isfinite(Y).all())):
+        raise ValueError("text and targets: must be finite")
+    C = X.shape[0]
+    val: dict[float, float] = {}
+    if C >= 2:
+        g = torch.Generator().manual_seed(int(seed) + 7103)
+        perm = torch.randperm(C, generator=g).to(X.device)
+        n_h = min(max(1, round(holdout_fraction * C)), C - 1)
+        hold, keep = perm[:n_h], perm[n_h:]
+        for lam in lams:
+            pred = X[hold] @ _solve(X[keep], Y[keep], lam)
+            val[lam] = float(F.cosine_similarity(pred, Y[hold], dim=1).mean())
+        best = max(lams, key=lambda v: (val[v], v))
+    else:
+        best = max(lams)
+    return TextMap(A=_solve(X, Y, best), lam=best, val_cos=val)
