@@ -302,7 +302,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
               f"test set would report H {100 * mx['H']:.1f}; not a valid selection.)")
     e = s.get("estimate")
     if e:
-        verdict = "expected to beat" if e["likely_better"] else "NOT expected to beat"
+        verdict = ("expected to beat" if e["likely_better"] else "NOT expected to beat"
+                   if e.get("likely_worse") else "not measurably different from")
         print(f"before returning, DFZSL estimated on held-out base classes (no test data) that "
               f"it is {verdict} zero-shot: H {100 * e['extended']['H']:.1f} vs "
               f"{100 * e['zero_shot']['H']:.1f}"

@@ -429,7 +429,7 @@ class DFZSL:
         def _track(epoch, head, loss):
             history["loss"].append(loss)
             if eval_data is not None:
-                tmp_clf.weight.data = head.weight.detach()
+                tmp_clf.weight.data = frame(head.weight.detach())
                 s = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
                 test_hist.append({k: v for k, v in s.items() if not k.startswith("per_class")})
 
@@ -469,8 +469,8 @@ class DFZSL:
                                      backend=self.backend)
             meta["estimate"] = estimate.to_dict()
             clf.metadata["estimate"] = meta["estimate"]
-            if estimate.likely_better:
-                log.info("estimate: %s", estimate)
+            if not estimate.likely_worse:
+                (log.info if estimate.likely_better else log.warning)("estimate: %s", estimate)
             elif ccfg.fallback:
                 fell_back = True
                 log.warning("estimate: %s; returning the zero-shot classifier instead "

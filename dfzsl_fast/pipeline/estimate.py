@@ -19,8 +19,9 @@ alone (issue 8, item 3), with no test data:
    - each gets a component along the mean text direction, cosine ``image_text_cos`` (real CLIP
      image features all lean towards the text mean; a teacher cannot show it, so the virtual
      features lack it, and a classifier that keys on it fails on real images).
-4. The verdict is GZSL H (held-out classes as U) of the two; `DFZSL.fit` reports it, warns
-   when the extension is not expected to win, and falls back to zero-shot unless told not to.
+4. The verdict is GZSL H (held-out classes as U) of the two; `DFZSL.fit` reports it, and when
+   the extension scores lower it warns and falls back to zero-shot unless told not to (a tie,
+   common with a handful of base classes, is reported as no evidence and keeps the extension).
 
 Cost: one extra stage-4 training on 80 % of the base classes (a few seconds to a minute).
 """
@@ -56,6 +57,7 @@ class GainEstimate:
         zero_shot: {"S", "U", "H"} of zero-shot CLIP on the pseudo task.
         extended: {"S", "U", "H"} of the extended classifier built as the pipeline builds it.
         likely_better: extended H > zero-shot H.
+        likely_worse: extended H < zero-shot H (a tie is neither: no evidence either way).
         kappa_val: concentration of the validation features.
         held_out: base classes (teacher rows) that played the new classes.
     """
@@ -63,6 +65,7 @@ class GainEstimate:
     zero_shot: dict[str, float]
     extended: dict[str, float]
     likely_better: bool
+    likely_worse: bool
     kappa_val: float
     held_out: list[int]
 
@@ -71,7 +74,8 @@ class GainEstimate:
 
     def __str__(self) -> str:
         z, e = self.zero_shot, self.extended
-        verdict = "likely beats" if self.likely_better else "is NOT expected to beat"
+        verdict = ("likely beats" if self.likely_better else "is NOT expected to beat"
+                   if self.likely_worse else "shows no measurable difference from")
         return (f"the extended classifier {verdict} zero-shot CLIP (estimate on held-out base "
                 f"classes, no test data: H {100 * e['H']:.1f} vs {100 * z['H']:.1f})")
 
@@ -221,4 +225,4 @@ def estimate_gain(
     z = {k: float(s_zs[k]) for k in "SUH"}
     e = {k: float(s_ext[k]) for k in "SUH"}
     return GainEstimate(zero_shot=z, extended=e, likely_better=e["H"] > z["H"],
-                        kappa_val=k_val, held_out=hold.tolist())
+                        likely_worse=e["H"] < z["H"], kappa_val=k_val, held_out=hold.tolist())

@@ -114,7 +114,7 @@ def test_fallback_and_override(monkeypatch):
     def says_no(*a, **k):
         return GainEstimate(zero_shot={"S": 0.6, "U": 0.6, "H": 0.6},
                             extended={"S": 0.9, "U": 0.1, "H": 0.18}, likely_better=False,
-                            kappa_val=10.0, held_out=[0])
+                            likely_worse=True, kappa_val=10.0, held_out=[0])
 
     monkeypatch.setattr(dfzsl_mod, "estimate_gain", says_no)
     text, W, _, _ = tiny_world()
