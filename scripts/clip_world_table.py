@@ -1,4 +1,4 @@
-"""The README's table on CLIP-like worlds: zero-shot, the one-line baseline and DFZSL.
+"""The README's table on CLIP-like worlds: zero-shot, the one-line baseline, ICIS and DFZSL.
 
 Builds a CLIP-like world (`dfzsl_fast.clip_world`) from the real CLIP ViT-B/32 ImageNet text
 head in ../shared/data (all 1000 classes, or a seeded subset), runs the methods on the teacher's
@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="pipeline config override (JSON value), e.g. generator.kind=\"vmf\"")
     ap.add_argument("--world-cache", default=None, help="save/load the built world here")
+    ap.add_argument("--icis-published", action="store_true",
+                    help="also run the published ICIS autoencoders (slow at 500 classes)")
     a = ap.parse_args()
 
     text, names = load_imagenet_text_head()
@@ -71,6 +73,22 @@ def main() -> None:
     P = T.clone()
     P[seen] = F.normalize(T[seen] + 0.3 * F.normalize(world.teacher_weight, dim=1), dim=1)
     row("one-line baseline (text + 0.3 teacher row)", ExtendedClassifier(P, names_w, seen))
+
+    from dfzsl_fast.nn import CosineClassifier
+    from dfzsl_fast.pipeline.icis import icis_extend, icis_linear
+
+    order = torch.cat([seen, unseen])
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel())
+    head = CosineClassifier(world.teacher_weight, scale=100.0)
+    lin = icis_linear(head, T[seen], T[unseen], seed=a.seed)
+    row(f"ICIS (ours: centred, linear map, lambda {lin.text_map.lam:g})",
+        ExtendedClassifier(lin.rows[inv], names_w, seen, center=lin.center))
+    if a.icis_published:
+        ext = icis_extend(head, T[seen], T[unseen], batch_size=20, epochs=300, progress=False,
+                          seed=a.seed)
+        row("ICIS (published autoencoders)",
+            ExtendedClassifier(ext.weight.detach()[inv], names_w, seen))
 
     cfg = demo_config("AWA2", seed=a.seed).to_dict()
     cfg["generator"]["kind"] = "vmf"

@@ -11,7 +11,7 @@ from dfzsl_fast.metrics import prototype_accuracy
 from dfzsl_fast.pipeline.dfzsl import DFZSL
 from dfzsl_fast.pipeline.estimate import prototype_start
 from dfzsl_fast.pipeline.text_map import fit_text_map
-from dfzsl_fast.pipeline.extended import ExtendedClassifier, project_out, text_center
+from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate, project_out, text_center
 
 from .test_dfzsl import NAMES, SEEN, tiny_config, tiny_world
 
@@ -147,3 +147,30 @@ def test_prototype_accuracy():
     assert abs(acc - sum(per_class) / len(per_class)) < 1e-12
     with pytest.raises(ValueError, match="outside"):
         prototype_accuracy(own[6:], x, y, classes)
+
+
+def test_icis_linear_injects_in_the_centred_frame():
+    from dfzsl_fast.nn import CosineClassifier
+    from dfzsl_fast.pipeline.icis import icis_linear
+
+    g = torch.Generator().manual_seed(3)
+    D, C_s, C_u = 12, 80, 5
+    text, _, _, _ = _shared_world(C=C_s + C_u, D=D)
+    c = text_center(text)
+    q, _ = torch.linalg.qr(torch.randn(D, D, generator=g))
+    q = q - torch.outer(c, c @ q)  # a map that keeps rows orthogonal to the centre...
+    q = q - torch.outer(q @ c, c)  # ...and ignores the centre
+    tc = F.normalize(project_out(text, c), dim=1)
+    rows_true = F.normalize(tc @ q, dim=1)
+    head = CosineClassifier(rows_true[:C_s], scale=100.0)
+    lin = icis_linear(head, text[:C_s], text[C_s:], seed=0)
+    assert lin.rows.shape == (C_s + C_u, D)
+    assert torch.allclose(lin.center, c, atol=1e-6)
+    assert float((lin.rows @ lin.center).abs().max()) < 1e-5
+    assert torch.allclose(lin.rows[:C_s], rows_true[:C_s], atol=1e-5)  # base rows kept
+    # the injected rows recover the new classes' true rows through the learned map
+    assert float(F.cosine_similarity(lin.rows[C_s:], rows_true[C_s:]).min()) > 0.9
+    with pytest.raises(ValueError, match="icis_extend"):
+        icis_linear(head, text[:C_s, :5], text[C_s:, :5])
+    with pytest.raises(ValueError, match="bias"):
+        icis_linear(torch.nn.Linear(D, C_s), text[:C_s], text[C_s:])
