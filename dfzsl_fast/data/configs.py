@@ -174,10 +174,12 @@ class ClassifierConfig:
     ``frame`` (ours, issue 8): ``"centred"`` (default) projects the direction of the mean class
     text feature out of every input, training feature and prototype, and puts base and new
     classes in one frame, the one the virtual features live in: a base prototype starts at
-    its stage-1 vMF mean (fitted to the teacher), a new one at its centred text feature mapped
+    the teacher's view of it, a new one at its centred text feature mapped
     into that frame by a ridge map towards the identity learned on the base pairs
-    (`pipeline/text_map.py`; ``text_map=False``: the centred text itself); the ``vmf``
-    generator draws the new classes' features around those starts. ``"published"`` keeps the
+    (`pipeline/text_map.py`; ``text_map=False``: the centred text itself), a base one at
+    normalize(its mapped text + ``teacher_weight`` * its stage-1 vMF mean) (None: the weight
+    among 0.5, 1, 2, 4 with the best H on held-out base classes, `pipeline/estimate.py`); the
+    ``vmf`` generator draws the new classes' features around the new starts. ``"published"`` keeps the
     reference: raw text-initialised prototypes, uncentred inputs.
     Why: the teacher (a softmax without bias) is blind to anything all classes share, so its
     fitted means and virtual features carry no shared component, while text prototypes and real
@@ -199,12 +201,15 @@ class ClassifierConfig:
     logit_adjust: bool = True
     frame: str = "centred"  # ours; "published": the reference's uncentred prototypes
     text_map: bool = True  # ours: new classes start at their text mapped into the teacher frame
+    teacher_weight: float | None = None  # ours: base start = mapped text + w * mu; None: chosen
     estimate: bool = True  # ours: estimate on held-out base classes whether it beats zero-shot
     fallback: bool = True  # ours: return zero-shot CLIP when the estimate says it would not
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "batch_size", "scale", "logit_adjust_ratio")
         _nonneg(self, "beta1")
+        if self.teacher_weight is not None:
+            _nonneg(self, "teacher_weight")
         if self.frame not in ("centred", "published"):
             raise ValueError(f"ClassifierConfig.frame: 'centred' or 'published', got "
                              f"{self.frame!r}")

@@ -47,7 +47,13 @@ from ..data.classnames import check_classnames
 from ..data.configs import DFZSLConfig
 from ._cache import StageCache, fingerprint, stage_key
 from .classifier import train_final_classifier
-from .estimate import GainEstimate, estimate_gain, prototype_start
+from .estimate import (
+    GainEstimate,
+    estimate_gain,
+    prototype_start,
+    pseudo_task,
+    select_teacher_weight,
+)
 from .extended import ExtendedClassifier, evaluate, project_out, text_center
 from .teacher import Teacher, as_teacher
 from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
@@ -375,8 +381,21 @@ class DFZSL:
         def frame(a: torch.Tensor) -> torch.Tensor:
             return a if center is None else project_out(a, center.to(a.dtype))
 
-        # where every class starts: base at its fitted mean, new at its mapped text (centred)
-        init, text_map = prototype_start(T1, mu, seen.to(device), center, ccfg.text_map,
+        # where every class starts (centred): new at its mapped text, base at its mapped text
+        # plus the teacher's fitted mean, with a weight chosen on held-out base classes
+        sd = seen.to(device)
+        task = None
+        tw = ccfg.teacher_weight
+        if center is not None and C_s >= 2 and (tw is None or ccfg.estimate):
+            task = pseudo_task(teacher, mu, kappa, T1[sd], seed=cfg.seed, backend=self.backend)
+        if tw is None:
+            tw = 1.0
+            if center is not None and task is not None:
+                tw, tw_scores = select_teacher_weight(task, T1[sd], mu, center, ccfg.text_map,
+                                                      seed=cfg.seed)
+                log.info("teacher weight %g chosen on held-out base classes (H %s)", tw,
+                         {k: round(v, 3) for k, v in tw_scores.items()})
+        init, text_map = prototype_start(T1, mu, sd, center, ccfg.text_map, tw,
                                          seed=cfg.seed)
         if text_map is not None:
             log.info("text map: lambda %g chosen on held-out base classes (cosine %s)",
@@ -453,6 +472,7 @@ class DFZSL:
             "selection": "last epoch",
             "frame": ccfg.frame,
             "text_map_lambda": text_map.lam if text_map is not None else None,
+            "teacher_weight": tw if center is not None else None,
         }
         clf = ExtendedClassifier(frame(head.weight.detach()), names, seen, scale=ccfg.scale,
                                  shift=shift, center=center, metadata=meta, backend=self.backend)
@@ -462,9 +482,9 @@ class DFZSL:
         t0 = time.perf_counter()
         estimate: GainEstimate | None = None
         fell_back = False
-        if ccfg.estimate:
-            sd = seen.to(device)
+        if ccfg.estimate and C_s >= 2:
             estimate = estimate_gain(teacher, mu, kappa, T1[sd], xs, yv, ccfg,
+                                     teacher_weight=tw, task=task,
                                      syn_num=min(gcfg.syn_num, 200), seed=cfg.seed,
                                      backend=self.backend)
             meta["estimate"] = estimate.to_dict()

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,15 @@ from .extended import project_out, text_center
 from .teacher import Teacher
 from .text_map import TextMap, fit_text_map
 
-__all__ = ["GainEstimate", "estimate_gain", "prototype_start"]
+__all__ = [
+    "GainEstimate",
+    "PseudoTask",
+    "TEACHER_WEIGHTS",
+    "estimate_gain",
+    "prototype_start",
+    "pseudo_task",
+    "select_teacher_weight",
+]
 
 log = logging.getLogger(__name__)
 
@@ -80,21 +89,30 @@ class GainEstimate:
                 f"classes, no test data: H {100 * e['H']:.1f} vs {100 * z['H']:.1f})")
 
 
+TEACHER_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
+
+
 def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
                     center: torch.Tensor | None, use_map: bool = True,
+                    teacher_weight: float = 1.0,
                     seed: int = 0) -> tuple[torch.Tensor, TextMap | None]:
-    """The final classifier's starting prototypes, (C, D) unit rows (one formula, two callers).
+    """The final classifier's starting prototypes, (C, D) unit rows (one formula, every caller).
 
-    Centred frame: a base row starts at its fitted vMF mean (the teacher's view of the class,
-    centred by construction, the frame the virtual features live in); a new row at its centred
-    text feature mapped into that frame by `fit_text_map` (fitted on the base pairs, centred
-    text -> mean; ``use_map=False``: the centred text itself). Published: the normalised text.
+    Centred frame (all rows orthogonal to ``center``): every class's centred text feature is
+    mapped into the frame of the fitted vMF means by `fit_text_map` (fitted on the base pairs;
+    ``use_map=False``: the centred text itself). A new class starts there; a base class at
+    normalize(mapped text + teacher_weight * mu_c): the same text evidence as a new class plus
+    what the teacher knows (its fitted mean). Keeping the mapped text on both sides keeps base
+    and new prototypes comparable; ``teacher_weight = inf`` starts base classes at mu_c alone.
+    Published frame: the normalised text.
 
     Args:
         text: (C, D) class text features of all classes.
         mu: (len(seen), D) fitted vMF means in ``seen`` order.
         seen: (C_s,) indices of the base classes.
         center: the frame's centre (None: published frame).
+        use_map, teacher_weight: see above.
+        seed: seeds the map's held-out split.
 
     Returns:
         (prototypes (C, D) float32, the fitted map or None).
@@ -110,15 +128,91 @@ def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
 
     init = F.normalize(frame(text), dim=1)
     sd = seen.to(init.device)
-    is_new = torch.ones(init.shape[0], dtype=torch.bool, device=init.device)
-    is_new[sd] = False
     mu_c = F.normalize(frame(mu), dim=1)
     tm = None
-    if use_map and bool(is_new.any()):
+    if use_map:
         tm = fit_text_map(init[sd], mu_c, seed=seed)
-        init[is_new] = F.normalize(frame(tm.apply(init[is_new])), dim=1)
-    init[sd] = mu_c
+        init = F.normalize(frame(tm.apply(init)), dim=1)
+    if math.isinf(teacher_weight):
+        init[sd] = mu_c
+    else:
+        init[sd] = F.normalize(init[sd] + teacher_weight * mu_c, dim=1)
     return init, tm
+
+
+@dataclass
+class PseudoTask:
+    """The base classes split into pseudo-base and pseudo-new, with labelled validation features.
+
+    Attributes:
+        keep, hold: (K,), (H,) teacher rows playing the base and the new classes.
+        x_val, y_val: (N, D) unit validation features of every base class and their (N,)
+            labels in [0, C_s) (see the module docstring for how they are drawn).
+        kappa_val: their concentration.
+    """
+
+    keep: torch.Tensor
+    hold: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    kappa_val: float
+
+
+def pseudo_task(teacher: Teacher, mu: torch.Tensor, kappa: torch.Tensor, text: torch.Tensor,
+                *, holdout_fraction: float = 0.2, teacher_accuracy: float = 0.8,
+                image_text_cos: float = 0.25, val_per_class: int = 20, seed: int = 0,
+                backend: str | None = None) -> PseudoTask:
+    """Split the base classes and draw validation features (steps 1 and 3 of the docstring).
+
+    Args:
+        teacher: the black-box teacher (C_s classes); mu: (C_s, D) fitted means; kappa: (C_s,);
+        text: (C_s, D) the base classes' text features (for the mean text direction).
+    """
+    C_s = mu.shape[0]
+    if C_s < 2:
+        raise ValueError("pseudo_task: needs at least 2 base classes")
+    device = mu.device
+    g = torch.Generator().manual_seed(int(seed) + 4099)
+    perm = torch.randperm(C_s, generator=g)
+    n_hold = min(max(1, round(holdout_fraction * C_s)), C_s - 1)
+    hold = perm[:n_hold].sort().values.to(device)
+    keep = perm[n_hold:].sort().values.to(device)
+    mu_n = F.normalize(mu.float(), dim=1)
+    k_val = _validation_kappa(mu_n, teacher, teacher_accuracy, val_per_class, int(seed) + 4101,
+                              float(kappa.max()))
+    xv, yv = sample_vmf(mu_n, torch.full((C_s,), k_val, dtype=torch.float64),
+                        n_per_class=val_per_class, seed=int(seed) + 4102, backend=backend)
+    xv = _lean(xv.float(), text_center(text), image_text_cos)
+    return PseudoTask(keep=keep, hold=hold, x_val=xv, y_val=yv, kappa_val=k_val)
+
+
+def _h(P: torch.Tensor, task: PseudoTask, center: torch.Tensor | None) -> dict[str, float]:
+    x = task.x_val if center is None else project_out(task.x_val, center.to(task.x_val.dtype))
+    s = gzsl_scores((F.normalize(x, dim=1) @ F.normalize(P, dim=1).T).argmax(1), task.y_val,
+                    task.keep, task.hold)
+    return {k: float(s[k]) for k in "SUH"}
+
+
+def select_teacher_weight(task: PseudoTask, text: torch.Tensor, mu: torch.Tensor,
+                          center: torch.Tensor, use_map: bool = True,
+                          candidates=TEACHER_WEIGHTS, seed: int = 0,
+                          ) -> tuple[float, dict[float, float]]:
+    """The teacher weight of `prototype_start` with the best held-out H on the pseudo task.
+
+    Each candidate builds the starting prototypes of the pseudo task (its map fitted on the
+    pseudo-base classes only) and is scored by GZSL H on the validation features; ties go to
+    the smaller weight (more text).
+
+    Returns:
+        (best weight, {weight: H}).
+    """
+    scores = {}
+    for b in candidates:
+        P, _ = prototype_start(text, mu[task.keep], task.keep, center, use_map, float(b),
+                               seed=seed)
+        scores[float(b)] = _h(P, task, center)["H"]
+    best = max(scores, key=lambda b: (scores[b], -b))
+    return best, scores
 
 
 def _validation_kappa(mu: torch.Tensor, teacher: Teacher, target: float, n: int, seed: int,
@@ -152,13 +246,12 @@ def estimate_gain(
     y_virtual: torch.Tensor,
     classifier: ClassifierConfig,
     *,
+    teacher_weight: float = 1.0,
+    task: PseudoTask | None = None,
     syn_num: int = 200,
-    holdout_fraction: float = 0.2,
-    teacher_accuracy: float = 0.8,
-    image_text_cos: float = 0.25,
-    val_per_class: int = 20,
     seed: int = 0,
     backend: str | None = None,
+    **task_kwargs,
 ) -> GainEstimate:
     """Estimate, on held-out base classes, whether the extension beats zero-shot.
 
@@ -169,25 +262,17 @@ def estimate_gain(
         x_virtual, y_virtual: the virtual features (N, D) and labels (N,) in [0, C_s), as the
             final classifier sees them (shifted, not yet centred).
         classifier: the stage-4 config (frame, prototype start, schedule).
+        teacher_weight: the base prototypes' teacher weight (`prototype_start`).
+        task: a `pseudo_task` to reuse (default: drawn here with ``task_kwargs``).
         syn_num: pseudo-new features per held-out class.
-        holdout_fraction: share of base classes held out (at least one, at most C_s - 1).
-        teacher_accuracy: the teacher's accuracy on the validation features (sets kappa_val).
-        image_text_cos: cosine of each validation feature to the mean text direction.
-        val_per_class: validation features per base class.
         seed: seeds the split and every draw.
 
     Returns:
         A :class:`GainEstimate`.
     """
-    C_s, D = mu.shape
-    if C_s < 2:
-        raise ValueError("estimate_gain: needs at least 2 base classes")
-    device = mu.device
-    g = torch.Generator().manual_seed(int(seed) + 4099)
-    perm = torch.randperm(C_s, generator=g)
-    n_hold = min(max(1, round(holdout_fraction * C_s)), C_s - 1)
-    hold = perm[:n_hold].sort().values.to(device)
-    keep = perm[n_hold:].sort().values.to(device)
+    if task is None:
+        task = pseudo_task(teacher, mu, kappa, text, seed=seed, backend=backend, **task_kwargs)
+    keep, hold = task.keep, task.hold
     center = text_center(text) if classifier.frame == "centred" else None
 
     def frame(a):
@@ -198,9 +283,10 @@ def estimate_gain(
     # features are drawn around the pseudo-new starting prototypes, as the vmf kind draws them
     in_keep = torch.isin(y_virtual, keep)
     xk, yk = x_virtual[in_keep], y_virtual[in_keep]
-    kmax = float(kappa.max())
-    init, _ = prototype_start(text, mu[keep], keep, center, classifier.text_map, seed=seed)
-    xu, yu = sample_vmf(init[hold], torch.full((n_hold,), kmax, dtype=torch.float64),
+    init, _ = prototype_start(text, mu[keep], keep, center, classifier.text_map,
+                              teacher_weight, seed=seed)
+    xu, yu = sample_vmf(init[hold], torch.full((hold.numel(),), float(kappa.max()),
+                                               dtype=torch.float64),
                         n_per_class=syn_num, seed=int(seed) + 4100, backend=backend)
     yu = hold[yu]
     head = train_final_classifier(
@@ -210,19 +296,8 @@ def estimate_gain(
         betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
         adjust_logits=classifier.logit_adjust, seed=int(seed), progress=False, backend=backend,
     )
-    P = F.normalize(frame(head.weight.detach().float()), dim=1)
-
-    # validation features of every base class, made to look like CLIP image features
-    k_val = _validation_kappa(F.normalize(mu.float(), dim=1), teacher, teacher_accuracy,
-                              val_per_class, int(seed) + 4101, kmax)
-    xv, yv = sample_vmf(F.normalize(mu.float(), dim=1),
-                        torch.full((C_s,), k_val, dtype=torch.float64),
-                        n_per_class=val_per_class, seed=int(seed) + 4102, backend=backend)
-    xv = _lean(xv.float(), text_center(text), image_text_cos)
-    T = F.normalize(text.float(), dim=1)
-    s_zs = gzsl_scores((xv @ T.T).argmax(1), yv, keep, hold)
-    s_ext = gzsl_scores((F.normalize(frame(xv), dim=1) @ P.T).argmax(1), yv, keep, hold)
-    z = {k: float(s_zs[k]) for k in "SUH"}
-    e = {k: float(s_ext[k]) for k in "SUH"}
+    e = _h(frame(head.weight.detach().float()), task, center)
+    z = _h(text.float(), task, None)  # zero-shot: the plain text, uncentred inputs
     return GainEstimate(zero_shot=z, extended=e, likely_better=e["H"] > z["H"],
-                        likely_worse=e["H"] < z["H"], kappa_val=k_val, held_out=hold.tolist())
+                        likely_worse=e["H"] < z["H"], kappa_val=task.kappa_val,
+                        held_out=hold.tolist())

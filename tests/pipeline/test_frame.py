@@ -63,18 +63,39 @@ def test_prototype_start():
     seen = torch.arange(6)
     c = text_center(text)
     mu = own[:6]
-    P, tm = prototype_start(text, mu, seen, c, use_map=True)
+    P, tm = prototype_start(text, mu, seen, c, use_map=True, teacher_weight=2.0)
     assert torch.allclose(P.norm(dim=1), torch.ones(12), atol=1e-6)
     assert float((P @ c).abs().max()) < 1e-5
-    # base rows: the centred fitted means; new rows: the centred text through the map
-    assert torch.allclose(P[:6], F.normalize(project_out(mu, c), dim=1), atol=1e-6)
-    tc = F.normalize(project_out(text[6:], c), dim=1)
-    assert torch.allclose(P[6:], F.normalize(project_out(tm.apply(tc), c), dim=1), atol=1e-6)
-    P2, none = prototype_start(text, mu, seen, c, use_map=False)
-    assert none is None and torch.allclose(P2[6:], tc, atol=1e-6)
+    tc = F.normalize(project_out(text, c), dim=1)
+    mapped = F.normalize(project_out(tm.apply(tc), c), dim=1)
+    mc = F.normalize(project_out(mu, c), dim=1)
+    # new rows: the centred text through the map; base rows: that plus 2 x the centred mean
+    assert torch.allclose(P[6:], mapped[6:], atol=1e-6)
+    assert torch.allclose(P[:6], F.normalize(mapped[:6] + 2.0 * mc, dim=1), atol=1e-6)
+    P_inf, _ = prototype_start(text, mu, seen, c, teacher_weight=float("inf"))
+    assert torch.allclose(P_inf[:6], mc, atol=1e-6)
+    P2, none = prototype_start(text, mu, seen, c, use_map=False, teacher_weight=0.0)
+    assert none is None and torch.allclose(P2, tc, atol=1e-6)
     # published frame: the plain normalised text
     P3, _ = prototype_start(text, mu, seen, None)
     assert torch.allclose(P3, F.normalize(text, dim=1))
+
+
+def test_teacher_weight_selection_on_a_pseudo_task():
+    from dfzsl_fast.pipeline.estimate import pseudo_task, select_teacher_weight
+    from dfzsl_fast.pipeline.teacher import Teacher
+
+    text, own, _, _ = _shared_world(C=20, D=24)
+    mu = F.normalize(own + 0.1 * text, dim=1)  # the teacher's view: the image-side directions
+    teacher = Teacher(own)
+    task = pseudo_task(teacher, mu, torch.full((20,), 50.0, dtype=torch.float64), text, seed=0)
+    assert task.keep.numel() == 16 and task.hold.numel() == 4
+    assert task.x_val.shape == (20 * 20, 24)
+    c = text_center(text)
+    assert torch.allclose(task.x_val @ c, torch.full((400,), 0.25), atol=1e-5)
+    best, scores = select_teacher_weight(task, text, mu, c, seed=0)
+    assert best in scores and scores[best] == max(scores.values())
+    assert all(0.0 <= v <= 1.0 for v in scores.values())
 
 
 def test_text_map_recovers_a_rotation_and_shrinks_to_identity():
