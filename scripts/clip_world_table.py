@@ -133,7 +133,7 @@ def main() -> None:
              + (" -> fell back to zero-shot" if res.fell_back else ""))
     row(label, res.classifier)
     if res.estimate is not None:
-        print(f"  estimate before returning: {res.estimate}")
+        print(f"  estimate before returning: {res.estimate}; classifier epochs {res.estimate.epochs}")
     xs, ys = res.features["synthesized"]
     m = torch.zeros(len(names_w), xs.shape[1]).index_add_(0, ys, F.normalize(xs.float(), dim=1))
     is_u = torch.isin(y, unseen)

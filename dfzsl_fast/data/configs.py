@@ -189,7 +189,10 @@ class ClassifierConfig:
     ``estimate`` / ``fallback`` (ours): before returning, the pipeline estimates on held-out
     base classes (virtual data only, `pipeline/estimate.py`) whether the extended classifier
     beats zero-shot CLIP, reports it, and returns zero-shot CLIP with a warning when it is not
-    expected to (``fallback=False`` keeps the extension and only warns).
+    expected to (``fallback=False`` keeps the extension and only warns). In the centred frame
+    the same held-out run chooses the number of classifier epochs (0 to ``epochs``; 0 keeps
+    the starting prototypes) when ``select_epochs`` is on: measured, training on vMF virtual
+    features pulls base prototypes towards the fitted means and can cost H.
     """
 
     lr: float = 5e-5
@@ -203,6 +206,7 @@ class ClassifierConfig:
     text_map: bool = True  # ours: new classes start at their text mapped into the teacher frame
     teacher_weight: float | None = None  # ours: base start = mapped text + w * mu; None: chosen
     estimate: bool = True  # ours: estimate on held-out base classes whether it beats zero-shot
+    select_epochs: bool = True  # ours (centred frame): epochs chosen by that estimate's curve
     fallback: bool = True  # ours: return zero-shot CLIP when the estimate says it would not
 
     def __post_init__(self) -> None:

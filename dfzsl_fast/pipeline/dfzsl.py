@@ -438,7 +438,25 @@ class DFZSL:
             self.cache.save("synthetic", k3, {"x": xu, "y": yu})
         timings["generator"] = time.perf_counter() - t0
 
-        # 4. final classifier
+        # 4a. will it beat zero-shot, and after how many classifier epochs? (held-out base
+        # classes, virtual data only; estimate.py)
+        t0 = time.perf_counter()
+        estimate: GainEstimate | None = None
+        batch_size = ccfg.batch_size or gcfg.syn_num
+        epochs = ccfg.epochs
+        select = ccfg.select_epochs and center is not None
+        if ccfg.estimate and C_s >= 2:
+            estimate = estimate_gain(teacher, mu, kappa, T1[sd], xs, yv, ccfg,
+                                     teacher_weight=tw, task=task, batch_size=batch_size,
+                                     select_epochs=select, syn_num=min(gcfg.syn_num, 200),
+                                     seed=cfg.seed, backend=self.backend)
+            if select:
+                epochs = estimate.epochs
+                log.info("classifier epochs: %d of %d, chosen on held-out base classes",
+                         epochs, ccfg.epochs)
+        timings["estimate"] = time.perf_counter() - t0
+
+        # 4b. final classifier
         t0 = time.perf_counter()
         history: dict[str, list] = {"loss": []}
         test_hist: list[dict[str, float]] = []
@@ -455,11 +473,15 @@ class DFZSL:
         x_tr = frame(torch.cat([xs, xu.to(xs.dtype)]))
         y_tr = torch.cat([yv_all, yu])
         head = train_final_classifier(
-            x_tr, y_tr, init, seen, unseen, scale=ccfg.scale, epochs=ccfg.epochs,
-            batch_size=ccfg.batch_size or gcfg.syn_num, lr=ccfg.lr, betas=(ccfg.beta1, 0.999),
+            x_tr, y_tr, init, seen, unseen, scale=ccfg.scale, epochs=epochs,
+            batch_size=batch_size, lr=ccfg.lr, betas=(ccfg.beta1, 0.999),
             ratio=ccfg.logit_adjust_ratio, adjust_logits=ccfg.logit_adjust, seed=cfg.seed,
             progress=self.progress, callback=_track, backend=self.backend,
         )
+        if eval_data is not None and not test_hist:  # 0 epochs: the starting prototypes
+            tmp_clf.weight.data = frame(head.weight.detach())
+            s0 = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
+            test_hist.append({k: v for k, v in s0.items() if not k.startswith("per_class")})
         meta = {
             "method": "DFZSL",
             "dfzsl_fast_version": _version(),
@@ -469,7 +491,8 @@ class DFZSL:
             "virtual_kept": keep.total_kept if keep is not None else None,
             "synthetic_per_class": gcfg.syn_num,
             "teacher_sha": teacher_fp,
-            "selection": "last epoch",
+            "selection": (f"{epochs} of {ccfg.epochs} epochs, chosen on held-out base classes"
+                          if select and estimate is not None else "last epoch"),
             "frame": ccfg.frame,
             "text_map_lambda": text_map.lam if text_map is not None else None,
             "teacher_weight": tw if center is not None else None,
@@ -478,15 +501,8 @@ class DFZSL:
                                  shift=shift, center=center, metadata=meta, backend=self.backend)
         timings["classifier"] = time.perf_counter() - t0
 
-        # 5. will it beat zero-shot? (held-out base classes, no test data; estimate.py)
-        t0 = time.perf_counter()
-        estimate: GainEstimate | None = None
         fell_back = False
-        if ccfg.estimate and C_s >= 2:
-            estimate = estimate_gain(teacher, mu, kappa, T1[sd], xs, yv, ccfg,
-                                     teacher_weight=tw, task=task,
-                                     syn_num=min(gcfg.syn_num, 200), seed=cfg.seed,
-                                     backend=self.backend)
+        if estimate is not None:
             meta["estimate"] = estimate.to_dict()
             clf.metadata["estimate"] = meta["estimate"]
             if not estimate.likely_worse:
@@ -500,7 +516,6 @@ class DFZSL:
             else:
                 log.warning("estimate: %s (classifier.fallback=false: keeping the extension)",
                             estimate)
-        timings["estimate"] = time.perf_counter() - t0
         scores: dict[str, Any] = {}
         if eval_data is not None and test_hist:
             key = "H" if cfg.protocol == "gzsl" else "HM"

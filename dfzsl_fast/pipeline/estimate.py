@@ -69,6 +69,9 @@ class GainEstimate:
         likely_worse: extended H < zero-shot H (a tie is neither: no evidence either way).
         kappa_val: concentration of the validation features.
         held_out: base classes (teacher rows) that played the new classes.
+        curve: validation H after 0 (the starting prototypes), 1, ..., epochs epochs.
+        epochs: the epoch count ``extended`` describes (the best of the curve when epochs are
+            selected, else the last).
     """
 
     zero_shot: dict[str, float]
@@ -77,6 +80,8 @@ class GainEstimate:
     likely_worse: bool
     kappa_val: float
     held_out: list[int]
+    curve: list[float] = dataclasses.field(default_factory=list)
+    epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +253,8 @@ def estimate_gain(
     *,
     teacher_weight: float = 1.0,
     task: PseudoTask | None = None,
+    batch_size: int = 512,
+    select_epochs: bool = False,
     syn_num: int = 200,
     seed: int = 0,
     backend: str | None = None,
@@ -264,6 +271,10 @@ def estimate_gain(
         classifier: the stage-4 config (frame, prototype start, schedule).
         teacher_weight: the base prototypes' teacher weight (`prototype_start`).
         task: a `pseudo_task` to reuse (default: drawn here with ``task_kwargs``).
+        batch_size: the final classifier's batch size.
+        select_epochs: report the epoch count (0 = the starting prototypes) with the best
+            validation H (earliest on ties) instead of the last; `DFZSL.fit` then trains its
+            classifier for that many epochs.
         syn_num: pseudo-new features per held-out class.
         seed: seeds the split and every draw.
 
@@ -289,15 +300,22 @@ def estimate_gain(
                                                dtype=torch.float64),
                         n_per_class=syn_num, seed=int(seed) + 4100, backend=backend)
     yu = hold[yu]
-    head = train_final_classifier(
+    scores = [_h(init, task, center)]
+
+    def record(epoch, head, loss):
+        scores.append(_h(frame(head.weight.detach().float()), task, center))
+
+    train_final_classifier(
         frame(torch.cat([xk, xu.to(xk.dtype)])), torch.cat([yk, yu]), init, keep, hold,
-        scale=classifier.scale, epochs=classifier.epochs,
-        batch_size=classifier.batch_size or 512, lr=classifier.lr,
-        betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
+        scale=classifier.scale, epochs=classifier.epochs, batch_size=batch_size,
+        lr=classifier.lr, betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
         adjust_logits=classifier.logit_adjust, seed=int(seed), progress=False, backend=backend,
+        callback=record,
     )
-    e = _h(frame(head.weight.detach().float()), task, center)
+    curve = [r["H"] for r in scores]
+    n = max(range(len(curve)), key=lambda i: (curve[i], -i)) if select_epochs else len(curve) - 1
+    e = scores[n]
     z = _h(text.float(), task, None)  # zero-shot: the plain text, uncentred inputs
     return GainEstimate(zero_shot=z, extended=e, likely_better=e["H"] > z["H"],
                         likely_worse=e["H"] < z["H"], kappa_val=task.kappa_val,
-                        held_out=hold.tolist())
+                        held_out=hold.tolist(), curve=curve, epochs=n)
