@@ -209,7 +209,7 @@ def run_demo(
         "seed": seed,
         "world": {"classes": len(names), "seen": int(seen.numel()), "unseen": int(unseen.numel()),
                   "teacher_seen_acc": world.teacher_accuracy()},
-        "selection": "last epoch (no test-set selection)",
+        "selection": res.classifier.metadata.get("selection", "last epoch"),
         "zero_shot": {k: s_zs[k] for k in "SUH"},
         "dfzsl": {k: s_dfzsl[k] for k in "SUH"},
         "dfzsl_paper_protocol_max_over_epochs": res.scores.get("paper_protocol_max_over_epochs"),

@@ -87,8 +87,9 @@ def main() -> None:
         if a.world_cache:
             torch.save(world, a.world_cache)
     s = world.summary()
-    print(f"world: {s['num_seen']}/{s['num_unseen']} classes, teacher {100 * s['teacher_seen_acc']:.1f}%, "
-          f"image-image cos {s['cos_image_image_pairwise']:.2f}, gap {s['modality_gap']:.2f}, "
+    print(f"world: {s['num_seen']}/{s['num_unseen']} classes, teacher "
+          f"{100 * s['teacher_seen_acc']:.1f}%, image-image cos "
+          f"{s['cos_image_image_pairwise']:.2f}, gap {s['modality_gap']:.2f}, "
           f"text-text cos {s['cos_text_text_offdiag']:.2f} ({time.perf_counter() - t0:.0f} s)")
     names_w, seen, unseen = world.class_names, world.seen_classes, world.unseen_classes
     x, y, T = world.test_features, world.test_labels, world.text_features
@@ -127,13 +128,15 @@ def main() -> None:
         cfg[sec][key] = json.loads(v)
     cfg = DFZSLConfig.from_dict(cfg)
     t0 = time.perf_counter()
-    res = DFZSL(cfg, progress=False, cache_dir=a.cache).fit(world.teacher_weight, names_w, seen, text_features=T)
+    res = DFZSL(cfg, progress=False, cache_dir=a.cache).fit(world.teacher_weight, names_w, seen,
+                                                           text_features=T)
     dt = time.perf_counter() - t0
     label = (f"DFZSL ({cfg.generator.kind}, {cfg.classifier.frame})"
              + (" -> fell back to zero-shot" if res.fell_back else ""))
     row(label, res.classifier)
     if res.estimate is not None:
-        print(f"  estimate before returning: {res.estimate}; classifier epochs {res.estimate.epochs}")
+        print(f"  estimate before returning: {res.estimate}; classifier epochs "
+              f"{res.estimate.epochs}")
     xs, ys = res.features["synthesized"]
     m = torch.zeros(len(names_w), xs.shape[1]).index_add_(0, ys, F.normalize(xs.float(), dim=1))
     is_u = torch.isin(y, unseen)

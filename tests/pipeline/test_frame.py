@@ -10,8 +10,8 @@ from dfzsl_fast.data.configs import ClassifierConfig
 from dfzsl_fast.metrics import prototype_accuracy
 from dfzsl_fast.pipeline.dfzsl import DFZSL
 from dfzsl_fast.pipeline.estimate import prototype_start
+from dfzsl_fast.pipeline.extended import ExtendedClassifier, project_out, text_center
 from dfzsl_fast.pipeline.text_map import fit_text_map
-from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate, project_out, text_center
 
 from .test_dfzsl import NAMES, SEEN, tiny_config, tiny_world
 
@@ -93,6 +93,8 @@ def test_teacher_weight_selection_on_a_pseudo_task():
     assert task.x_val.shape == (20 * 20, 24)
     c = text_center(text)
     assert torch.allclose(task.x_val @ c, torch.full((400,), 0.25), atol=1e-5)
+    xm = task.x_val.double().mean(0)  # the image cone: mean pairwise cosine 0.5 (+ O(1/N))
+    assert abs(float(xm @ xm) - 0.5) < 0.02
     best, scores = select_teacher_weight(task, text, mu, c, seed=0)
     assert best in scores and scores[best] == max(scores.values())
     assert all(0.0 <= v <= 1.0 for v in scores.values())
