@@ -25,7 +25,8 @@ def tiny_config(**generator) -> DFZSLConfig:
         "flpt": {"batch_size": 64, "residual_hidden": 16},
         "generator": {"epochs": 1, "hidden": 32, "syn_num": 16, "batch_size": 32,
                       "critic_iters": 1, **generator},
-        "classifier": {"epochs": 2, "batch_size": 64, "lr": 1e-3},
+        # fallback off: these tests check the pipeline's product; test_frame.py checks the fallback
+        "classifier": {"epochs": 2, "batch_size": 64, "lr": 1e-3, "fallback": False},
     })
 
 

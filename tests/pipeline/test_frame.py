@@ -140,8 +140,11 @@ def test_fallback_and_override(monkeypatch):
                             likely_worse=True, kappa_val=10.0, held_out=[0])
 
     monkeypatch.setattr(dfzsl_mod, "estimate_gain", says_no)
+    from dfzsl_fast.data.configs import DFZSLConfig
     text, W, _, _ = tiny_world()
-    cfg = tiny_config(kind="vmf")
+    d = tiny_config(kind="vmf").to_dict()
+    d["classifier"]["fallback"] = True
+    cfg = DFZSLConfig.from_dict(d)
     res = DFZSL(cfg, progress=False).fit(W, NAMES, SEEN, text_features=text)
     assert res.fell_back and res.classifier.metadata["method"].startswith("zero-shot")
     assert torch.equal(res.classifier.weight, text)
