@@ -90,11 +90,15 @@ def test_teacher_weight_selection_on_a_pseudo_task():
     teacher = Teacher(own)
     task = pseudo_task(teacher, mu, torch.full((20,), 50.0, dtype=torch.float64), text, seed=0)
     assert task.keep.numel() == 16 and task.hold.numel() == 4
-    assert task.x_val.shape == (20 * 20, 24)
+    assert task.x_val.shape == (20 * 50, 24)
     c = text_center(text)
-    assert torch.allclose(task.x_val @ c, torch.full((400,), 0.25), atol=1e-5)
-    xm = task.x_val.double().mean(0)  # the image cone: mean pairwise cosine 0.5 (+ O(1/N))
-    assert abs(float(xm @ xm) - 0.5) < 0.02
+    assert torch.allclose(task.x_val @ c, torch.full((1000,), 0.25), atol=1e-5)
+    # the image cone: a shared part of size sqrt(0.5 - 0.25^2) along a direction orthogonal
+    # to c, so that the shared parts alone give a pairwise cosine of 0.5
+    assert abs(float(task.cone @ c)) < 1e-6
+    assert torch.allclose(task.x_val @ task.cone, torch.full((1000,), (0.5 - 0.0625) ** 0.5),
+                          atol=1e-5)
+    assert torch.allclose(task.x_val.norm(dim=1), torch.ones(1000), atol=1e-5)
     best, scores = select_teacher_weight(task, text, mu, c, seed=0)
     assert best in scores and scores[best] == max(scores.values())
     assert all(0.0 <= v <= 1.0 for v in scores.values())
