@@ -77,7 +77,14 @@ import torch
 
 from .data.classnames import check_classnames
 from .teacher_fit import fit_logistic_regression
-from .world import World, _counts, _near_identity_rotation, _orthonormal, _resolve_unseen
+from .world import (
+    World,
+    _counts,
+    _near_identity_rotation,
+    _orthonormal,
+    _resolve_unseen,
+    check_world_fields,
+)
 
 __all__ = [
     "CLIPWorldConfig",
@@ -147,28 +154,13 @@ class CLIPWorldConfig:
         if not 0.0 <= self.modality_gap < 2.0:
             raise ValueError(f"CLIPWorldConfig.modality_gap must be in [0, 2), got "
                              f"{self.modality_gap!r}")
-        if not 0.0 < self.rotation_cos <= 1.0:
-            raise ValueError(f"CLIPWorldConfig.rotation_cos must be in (0, 1], got "
-                             f"{self.rotation_cos!r}")
-        for name in ("nuisance_rank", "n_train", "n_test", "n_unseen", "teacher_max_iter",
-                     "calib_per_class", "calib_rounds"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"CLIPWorldConfig.{name} must be an int >= 1, got {v!r}")
-        for name in ("nuisance_frac", "semantic_frac"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ValueError(f"CLIPWorldConfig.{name} must be in [0, 1], got {v!r}")
-        if self.nuisance_frac + self.semantic_frac > 1.0:
-            raise ValueError("CLIPWorldConfig.nuisance_frac + semantic_frac must be <= 1")
-        for name in ("spectrum_power", "spread_jitter", "count_jitter"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"CLIPWorldConfig.{name} must be finite and >= 0, got {v!r}")
-        for name in ("image_norm", "teacher_C"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"CLIPWorldConfig.{name} must be finite and > 0, got {v!r}")
+        check_world_fields(
+            self,
+            ints=("nuisance_rank", "n_train", "n_test", "n_unseen", "teacher_max_iter",
+                  "calib_per_class", "calib_rounds"),
+            nonneg=("spectrum_power", "spread_jitter", "count_jitter"),
+            positive=("image_norm", "teacher_C"),
+        )
 
 
 @dataclass

@@ -85,6 +85,29 @@ from .teacher_fit import LogisticRegressionResult, fit_logistic_regression
 __all__ = ["WorldConfig", "World", "build_world"]
 
 
+def check_world_fields(cfg: Any, *, ints=(), nonneg=(), positive=()) -> None:
+    """The checks both world configs share (one place): ints >= 1, finite numbers >= 0 or > 0,
+    rotation_cos in (0, 1], variance shares in [0, 1] that sum to at most 1."""
+    kind = type(cfg).__name__
+    for name in ints:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{kind}.{name} must be an int >= 1, got {v!r}")
+    for names, ok, what in ((nonneg, lambda v: v >= 0, ">= 0"), (positive, lambda v: v > 0, "> 0")):
+        for name in names:
+            v = getattr(cfg, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and ok(v)):
+                raise ValueError(f"{kind}.{name} must be finite and {what}, got {v!r}")
+    if not (0.0 < cfg.rotation_cos <= 1.0):
+        raise ValueError(f"{kind}.rotation_cos must be in (0, 1], got {cfg.rotation_cos!r}")
+    for name in ("nuisance_frac", "semantic_frac"):
+        v = getattr(cfg, name)
+        if not (0.0 <= v <= 1.0):
+            raise ValueError(f"{kind}.{name} must be in [0, 1], got {v!r}")
+    if cfg.nuisance_frac + cfg.semantic_frac > 1.0:
+        raise ValueError(f"{kind}.nuisance_frac + semantic_frac must be <= 1")
+
+
 @dataclass
 class WorldConfig:
     """Parameters of the simulated world (see the module docstring for their roles).
@@ -131,28 +154,12 @@ class WorldConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("dim", "n_train", "n_test", "nuisance_rank", "teacher_max_iter"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"WorldConfig.{name} must be an int >= 1, got {v!r}")
-        if not isinstance(self.n_unseen, int) or self.n_unseen < 1:
-            raise ValueError(f"WorldConfig.n_unseen must be an int >= 1, got {self.n_unseen!r}")
-        for name in ("count_jitter", "gap_norm", "rho", "spread", "spread_jitter"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"WorldConfig.{name} must be finite and >= 0, got {v!r}")
-        for name in ("image_norm", "teacher_C"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"WorldConfig.{name} must be finite and > 0, got {v!r}")
-        if not (0.0 < self.rotation_cos <= 1.0):
-            raise ValueError(f"WorldConfig.rotation_cos must be in (0, 1], got {self.rotation_cos}")
-        for name in ("nuisance_frac", "semantic_frac"):
-            v = getattr(self, name)
-            if not (0.0 <= v <= 1.0):
-                raise ValueError(f"WorldConfig.{name} must be in [0, 1], got {v!r}")
-        if self.nuisance_frac + self.semantic_frac > 1.0:
-            raise ValueError("WorldConfig.nuisance_frac + semantic_frac must be <= 1")
+        check_world_fields(
+            self,
+            ints=("dim", "n_train", "n_test", "n_unseen", "nuisance_rank", "teacher_max_iter"),
+            nonneg=("count_jitter", "gap_norm", "rho", "spread", "spread_jitter"),
+            positive=("image_norm", "teacher_C"),
+        )
         if self.template.count("{}") != 1:
             raise ValueError(f"WorldConfig.template needs exactly one '{{}}': {self.template!r}")
 
