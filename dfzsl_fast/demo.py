@@ -192,18 +192,11 @@ def run_demo(
 
     # new-class quality, measured directly: the generator's new-class feature means, and the
     # text features, as prototypes on the new classes' test features (new classes only)
-    from .metrics import prototype_accuracy
+    from .metrics import new_class_quality
 
-    xu_syn, yu_syn = res.features["synthesized"]
-    m_u = torch.zeros(len(names), xu_syn.shape[1]).index_add_(
-        0, yu_syn.cpu(), torch.nn.functional.normalize(xu_syn.float().cpu(), dim=1))[unseen]
-    is_u = torch.isin(y_te, unseen)
-    new_quality = {
-        "generator": cfg.generator.kind,
-        "synthesized_means": prototype_accuracy(m_u, x_te[is_u], y_te[is_u], unseen),
-        "text_features": prototype_accuracy(res.text_features[unseen].cpu(), x_te[is_u],
-                                            y_te[is_u], unseen),
-    }
+    new_quality = {"generator": cfg.generator.kind,
+                   **new_class_quality(*res.features["synthesized"], res.text_features,
+                                       x_te, y_te, unseen)}
     summary = {
         "dataset": dataset,
         "seed": seed,

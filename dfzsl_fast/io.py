@@ -435,22 +435,17 @@ def save_classifier(
         )
     _check_finite(weight, "`head.weight`")
     tensors = {"weight": weight}
-    if input_shift is not None:
+    for name, value, what in (("input_shift", input_shift, "an input shift"),
+                              ("input_center", input_center, "an input centre")):
+        if value is None:
+            continue
         if kind != "cosine":
-            raise ValueError("`input_shift`: only a cosine head takes an input shift")
-        shift = torch.as_tensor(input_shift).detach().cpu().contiguous()
-        if tuple(shift.shape) != (D,) or not shift.is_floating_point():
-            raise ValueError(f"`input_shift`: expected a ({D},) float tensor")
-        _check_finite(shift, "`input_shift`")
-        tensors["input_shift"] = shift.to(weight.dtype)
-    if input_center is not None:
-        if kind != "cosine":
-            raise ValueError("`input_center`: only a cosine head takes an input centre")
-        center = torch.as_tensor(input_center).detach().cpu().contiguous()
-        if tuple(center.shape) != (D,) or not center.is_floating_point():
-            raise ValueError(f"`input_center`: expected a ({D},) float tensor")
-        _check_finite(center, "`input_center`")
-        tensors["input_center"] = center.to(weight.dtype)
+            raise ValueError(f"`{name}`: only a cosine head takes {what}")
+        v = torch.as_tensor(value).detach().cpu().contiguous()
+        if tuple(v.shape) != (D,) or not v.is_floating_point():
+            raise ValueError(f"`{name}`: expected a ({D},) float tensor")
+        _check_finite(v, f"`{name}`")
+        tensors[name] = v.to(weight.dtype)
     bias = getattr(head, "bias", None) if kind == "linear" else None
     if bias is not None:
         bias = bias.detach().cpu().contiguous()

@@ -376,3 +376,31 @@ def prototype_accuracy(
     acc, cnt = per_class_accuracy(pred, yy, cls)
     return float(acc[cnt > 0].mean())
 
+
+def new_class_quality(
+    x_syn: torch.Tensor, y_syn: ArrayLike, text: torch.Tensor, x: torch.Tensor, y: ArrayLike,
+    unseen_classes: ArrayLike,
+) -> dict[str, float]:
+    """New-class quality measured directly: a generator's new-class feature means, and the text
+    features, as prototypes on the new classes' test features (new classes only).
+
+    Args:
+        x_syn, y_syn: (M, D) synthesized features and their (M,) labels (new classes).
+        text: (C, D) class text features (all classes, rows in label order).
+        x, y: (N, D) test features and (N,) labels (any classes; only new ones are used).
+        unseen_classes: (C_u,) the new classes.
+
+    Returns:
+        {"synthesized_means": accuracy, "text_features": accuracy} (per-class means in [0, 1]).
+    """
+    cls = _as_classes(unseen_classes, "unseen_classes", torch.device("cpu"))
+    ys, yy = _as_labels(y_syn, "y_syn"), _as_labels(y, "y")
+    xs = torch.as_tensor(x_syn).float().cpu()
+    xs = xs / xs.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    T = torch.as_tensor(text).float().cpu()
+    means = torch.zeros(T.shape[0], T.shape[1]).index_add_(0, ys, xs)[cls]
+    m = torch.isin(yy, cls)
+    xu = torch.as_tensor(x).cpu()[m]
+    return {"synthesized_means": prototype_accuracy(means, xu, yy[m], cls),
+            "text_features": prototype_accuracy(T[cls], xu, yy[m], cls)}
+

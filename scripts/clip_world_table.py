@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dfzsl_fast.clip_world import build_clip_world, load_imagenet_text_head
 from dfzsl_fast.data.configs import DFZSLConfig
 from dfzsl_fast.demo import demo_config
-from dfzsl_fast.metrics import prototype_accuracy
+from dfzsl_fast.metrics import new_class_quality
 from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
 from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
 
@@ -137,12 +137,9 @@ def main() -> None:
     if res.estimate is not None:
         print(f"  estimate before returning: {res.estimate}; classifier epochs "
               f"{res.estimate.epochs}")
-    xs, ys = res.features["synthesized"]
-    m = torch.zeros(len(names_w), xs.shape[1]).index_add_(0, ys, F.normalize(xs.float(), dim=1))
-    is_u = torch.isin(y, unseen)
+    q = new_class_quality(*res.features["synthesized"], T, x, y, unseen)
     print(f"  new-class prototypes on new test images: {cfg.generator.kind} means "
-          f"{100 * prototype_accuracy(m[unseen], x[is_u], y[is_u], unseen):.1f}%, text "
-          f"{100 * prototype_accuracy(T[unseen], x[is_u], y[is_u], unseen):.1f}%")
+          f"{100 * q['synthesized_means']:.1f}%, text {100 * q['text_features']:.1f}%")
     print(f"  fit {dt:.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in res.timings.items()))
 
 

@@ -378,9 +378,6 @@ class DFZSL:
         ccfg = cfg.classifier
         center = text_center(T1) if ccfg.frame == "centred" else None
 
-        def frame(a: torch.Tensor) -> torch.Tensor:
-            return a if center is None else project_out(a, center.to(a.dtype))
-
         # where every class starts (centred): new at its mapped text, base at its mapped text
         # plus the teacher's fitted mean, with a weight chosen on held-out base classes
         sd = seen.to(device)
@@ -466,11 +463,11 @@ class DFZSL:
         def _track(epoch, head, loss):
             history["loss"].append(loss)
             if eval_data is not None:
-                tmp_clf.weight.data = frame(head.weight.detach())
+                tmp_clf.weight.data = project_out(head.weight.detach(), center)
                 s = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
                 test_hist.append({k: v for k, v in s.items() if not k.startswith("per_class")})
 
-        x_tr = frame(torch.cat([xs, xu.to(xs.dtype)]))
+        x_tr = project_out(torch.cat([xs, xu.to(xs.dtype)]), center)
         y_tr = torch.cat([yv_all, yu])
         head = train_final_classifier(
             x_tr, y_tr, init, seen, unseen, scale=ccfg.scale, epochs=epochs,
@@ -479,7 +476,7 @@ class DFZSL:
             progress=self.progress, callback=_track, backend=self.backend,
         )
         if eval_data is not None and not test_hist:  # 0 epochs: the starting prototypes
-            tmp_clf.weight.data = frame(head.weight.detach())
+            tmp_clf.weight.data = project_out(head.weight.detach(), center)
             s0 = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
             test_hist.append({k: v for k, v in s0.items() if not k.startswith("per_class")})
         meta = {
@@ -497,7 +494,8 @@ class DFZSL:
             "text_map_lambda": text_map.lam if text_map is not None else None,
             "teacher_weight": tw if center is not None else None,
         }
-        clf = ExtendedClassifier(frame(head.weight.detach()), names, seen, scale=ccfg.scale,
+        clf = ExtendedClassifier(project_out(head.weight.detach(), center), names, seen,
+                                 scale=ccfg.scale,
                                  shift=shift, center=center, metadata=meta, backend=self.backend)
         timings["classifier"] = time.perf_counter() - t0
 

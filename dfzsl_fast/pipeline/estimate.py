@@ -137,17 +137,13 @@ def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
     text, mu = text.float().contiguous(), mu.float().contiguous()
     if center is None:
         return F.normalize(text, dim=1), None
-
-    def frame(a):
-        return project_out(a, center.to(a.dtype))
-
-    init = F.normalize(frame(text), dim=1)
+    init = F.normalize(project_out(text, center), dim=1)
     sd = seen.to(init.device)
-    mu_c = F.normalize(frame(mu), dim=1)
+    mu_c = F.normalize(project_out(mu, center), dim=1)
     tm = None
     if use_map:
         tm = fit_text_map(init[sd], mu_c, seed=seed)
-        init = F.normalize(frame(tm.apply(init)), dim=1)
+        init = F.normalize(project_out(tm.apply(init), center), dim=1)
     if math.isinf(teacher_weight):
         init[sd] = mu_c
     else:
@@ -212,7 +208,7 @@ def pseudo_task(teacher: Teacher, mu: torch.Tensor, kappa: torch.Tensor, text: t
 
 
 def _predict(P: torch.Tensor, task: PseudoTask, center: torch.Tensor | None) -> torch.Tensor:
-    x = task.x_val if center is None else project_out(task.x_val, center.to(task.x_val.dtype))
+    x = project_out(task.x_val, center)
     return (F.normalize(x, dim=1) @ F.normalize(P, dim=1).T).argmax(1)
 
 
@@ -333,9 +329,6 @@ def estimate_gain(
     keep, hold = task.keep, task.hold
     center = text_center(text) if classifier.frame == "centred" else None
 
-    def frame(a):
-        return a if center is None else project_out(a, center.to(a.dtype))
-
     # pseudo task: keep = base (virtual features), hold = new (known by their text only: their
     # fitted means are not used); prototypes start as the pipeline's do, and the pseudo-new
     # features are drawn around the pseudo-new starting prototypes, as the vmf kind draws them
@@ -351,12 +344,13 @@ def estimate_gain(
     snapshots = [init]
 
     def record(epoch, head, loss):
-        P = frame(head.weight.detach().float()).clone()
+        P = project_out(head.weight.detach().float(), center).clone()
         snapshots.append(P)
         scores.append(_h(P, task, center))
 
     train_final_classifier(
-        frame(torch.cat([xk, xu.to(xk.dtype)])), torch.cat([yk, yu]), init, keep, hold,
+        project_out(torch.cat([xk, xu.to(xk.dtype)]), center), torch.cat([yk, yu]), init, keep,
+        hold,
         scale=classifier.scale, epochs=classifier.epochs, batch_size=batch_size,
         lr=classifier.lr, betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
         adjust_logits=classifier.logit_adjust, seed=int(seed), progress=False, backend=backend,

@@ -46,8 +46,12 @@ def text_center(text_features: torch.Tensor) -> torch.Tensor:
     return m / m.norm().clamp_min(1e-12)
 
 
-def project_out(x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-    """(N, D) rows minus their component along the unit (D,) ``center``: x - (x c) c^T."""
+def project_out(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+    """(N, D) rows minus their component along the unit (D,) ``center``: x - (x c) c^T.
+
+    ``center=None`` (the published, uncentred frame) returns ``x`` unchanged."""
+    if center is None:
+        return x
     c = center.to(dtype=x.dtype, device=x.device)
     # an elementwise product and a row sum, not a BLAS matrix-vector product: BLAS results can
     # depend on the buffers' alignment, and a cached stage must reproduce a fresh one bitwise

@@ -144,7 +144,6 @@ def test_fallback_and_override(monkeypatch):
                             likely_worse=True, kappa_val=10.0, held_out=[0])
 
     monkeypatch.setattr(dfzsl_mod, "estimate_gain", says_no)
-    from dfzsl_fast.data.configs import DFZSLConfig
     text, W, _, _ = tiny_world()
     d = tiny_config(kind="vmf").to_dict()
     d["classifier"]["fallback"] = True
@@ -204,3 +203,18 @@ def test_icis_linear_injects_in_the_centred_frame():
         icis_linear(head, text[:C_s, :5], text[C_s:, :5])
     with pytest.raises(ValueError, match="bias"):
         icis_linear(torch.nn.Linear(D, C_s), text[:C_s], text[C_s:])
+
+
+def test_new_class_quality_matches_its_definition():
+    from dfzsl_fast.metrics import new_class_quality
+
+    text, own, x, y = _shared_world()
+    unseen = torch.arange(6, 12)
+    g = torch.Generator().manual_seed(1)
+    y_syn = unseen.repeat_interleave(7)
+    x_syn = own[y_syn] + 0.5 * torch.randn(y_syn.numel(), own.shape[1], generator=g)
+    q = new_class_quality(x_syn, y_syn, text, x, y, unseen)
+    means = torch.stack([F.normalize(x_syn[y_syn == c], dim=1).sum(0) for c in unseen.tolist()])
+    m = torch.isin(y, unseen)
+    assert q["synthesized_means"] == prototype_accuracy(means, x[m], y[m], unseen)
+    assert q["text_features"] == prototype_accuracy(text[unseen], x[m], y[m], unseen)
