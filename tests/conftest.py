@@ -9,6 +9,21 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+try:  # property-based tests (tests/fuzz); bounded so that the suite stays fast on 2 cores
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", max_examples=40, deadline=None, derandomize=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.register_profile(
+        "fuzz", max_examples=2000, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
+    settings.load_profile(os.environ.get("DFZSL_HYPOTHESIS_PROFILE", "ci"))
+except ImportError:  # pragma: no cover - the fuzz tests skip without hypothesis
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _seed_everything():
