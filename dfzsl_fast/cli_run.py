@@ -61,7 +61,7 @@ def _parse_value(text: str) -> Any:
 
 def load_run_config(spec: str, overrides: list[str] | None = None):
     """A `DFZSLConfig` from a preset name or a JSON file, with dotted `KEY=VALUE` overrides."""
-    from .data.configs import DFZSLConfig, get_config
+    from .config import DFZSLConfig, get_config
 
     p = Path(spec).expanduser()
     if p.suffix == ".json" or p.is_file():
@@ -169,9 +169,9 @@ def _setup_logging(out: Path | None, level: str) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import torch
 
-    from .io import load_features, load_names, save_json
+    from .io import load_features, load_names, save_classifier, save_json
+    from .metrics import evaluate
     from .pipeline.dfzsl import DFZSL
-    from .pipeline.extended import evaluate
 
     # every check before any long work
     cfg = load_run_config(args.config, args.set)
@@ -202,7 +202,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     res = run.fit(weight, names, seen, text_tower=tower, text_features=text_features,
                   eval_data=test)
-    res.classifier.save(out / "classifier.safetensors", command=" ".join(sys.argv))
+    save_classifier(out / "classifier.safetensors", res.classifier,
+                    metadata={"command": " ".join(sys.argv)})
     summary: dict[str, Any] = {
         "config": args.config,
         "prompt_tuning": res.prompt_tuning,

@@ -76,6 +76,7 @@ import numpy as np
 import torch
 
 from .data.classnames import check_classnames
+from .hashing import seeded_generator
 from .teacher_fit import fit_logistic_regression
 from .world import (
     World,
@@ -314,7 +315,7 @@ def _draw(geo: _Geometry, means: torch.Tensor, spread: float, counts: torch.Tens
 def _stats(geo: _Geometry, p: CLIPWorldParams, cfg: CLIPWorldConfig, seed: int,
            ) -> dict[str, float]:
     """Zero-shot and linear-probe proxy accuracies, image cosine and gap on a calibration draw."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = seeded_generator(seed)
     C = geo.t.shape[0]
     m = _means(geo, p.beta, p.gap_angle, p.rho)
     counts = torch.full((C,), cfg.calib_per_class, dtype=torch.int64)
@@ -372,7 +373,7 @@ def calibrate_clip_world(text: torch.Tensor, config: CLIPWorldConfig | None = No
     """
     cfg = config or CLIPWorldConfig()
     t = _unit(_check_text(text))
-    geo = _geometry(t, cfg, torch.Generator().manual_seed(int(cfg.seed)))
+    geo = _geometry(t, cfg, seeded_generator(cfg.seed))
     state = {"factor": 1.0, "gap_angle": 1.2, "spread": 0.5, "rho": 0.5}
     s = int(cfg.seed) + 7919
 
@@ -450,9 +451,9 @@ def build_clip_world(
         cfg = CLIPWorldConfig(**{**asdict(cfg), **overrides})
     if params is None:
         params = calibrate_clip_world(t, cfg)
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+    gen = seeded_generator(cfg.seed)
     geo = _geometry(t, cfg, gen)
-    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
+    gen = seeded_generator(cfg.seed, 1)
     m = _means(geo, params.beta, params.gap_angle, params.rho)
     unseen_idx = _resolve_unseen(unseen, names, cfg.n_unseen, gen)
     is_unseen = torch.zeros(C, dtype=torch.bool)

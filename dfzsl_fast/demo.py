@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from .data.configs import DFZSLConfig, get_config
+from .config import DFZSLConfig, get_config
 
 __all__ = ["demo_config", "demo_world", "run_demo", "DEMO_DATASETS"]
 
@@ -132,8 +132,9 @@ def run_demo(
         cache_dir: MiniLM embedding cache (default ~/.cache/dfzsl_fast/minilm).
         world: a prebuilt world (default: `demo_world(dataset, seed=seed)`).
     """
+    from .metrics import evaluate
+    from .nn import ExtendedClassifier
     from .pipeline.dfzsl import DFZSL, zero_shot_classifier
-    from .pipeline.extended import ExtendedClassifier, evaluate
     from .text.towers import MiniLMTextTower, ProjectedTextTower
 
     t_start = time.perf_counter()
@@ -217,11 +218,11 @@ def run_demo(
                       "total": time.perf_counter() - t_start},
     }
     if out is not None:
-        from .io import save_json
+        from .io import save_classifier, save_json
 
         save_json(out / "metrics.json", summary)
         save_json(out / "config.json", cfg.to_dict())
-        res.classifier.save(out / "classifier.safetensors")
+        save_classifier(out / "classifier.safetensors", res.classifier)
         from .report import write_per_class
 
         per = {"zero_shot": s_zs, "dfzsl": s_dfzsl, **({"icis": s_icis} if s_icis else {}),

@@ -79,6 +79,7 @@ import numpy as np
 import torch
 
 from .data.classnames import check_classnames
+from .hashing import seeded_generator
 from .metrics import gzsl_scores, per_class_accuracy
 from .teacher_fit import LogisticRegressionResult, fit_logistic_regression
 
@@ -478,7 +479,7 @@ def build_world(
         raise ValueError("`embeddings` has a zero or non-finite row")
     e = e / e.norm(dim=1, keepdim=True)
 
-    gen = torch.Generator().manual_seed(int(cfg.seed))
+    gen = seeded_generator(cfg.seed)
     D = cfg.dim
     # 1. text features
     P = _orthonormal(e.shape[1], D, gen)

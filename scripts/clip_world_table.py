@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from dfzsl_fast.clip_world import build_clip_world, load_imagenet_text_head
-from dfzsl_fast.data.configs import DFZSLConfig
+from dfzsl_fast.config import DFZSLConfig
 from dfzsl_fast.demo import demo_config
-from dfzsl_fast.metrics import new_class_quality
+from dfzsl_fast.io import atomic_write
+from dfzsl_fast.metrics import evaluate, new_class_quality
+from dfzsl_fast.nn import ExtendedClassifier
 from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
-from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
 
 
 def main() -> None:
@@ -85,7 +86,7 @@ def main() -> None:
                                  **{k: json.loads(v) for k, v in
                                     (kv.split("=", 1) for kv in a.world_set)})
         if a.world_cache:
-            torch.save(world, a.world_cache)
+            atomic_write(a.world_cache, lambda tmp: torch.save(world, tmp))
     s = world.summary()
     print(f"world: {s['num_seen']}/{s['num_unseen']} classes, teacher "
           f"{100 * s['teacher_seen_acc']:.1f}%, image-image cos "

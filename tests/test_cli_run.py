@@ -56,9 +56,9 @@ def test_run_writes_a_complete_run_folder_and_resumes(files):
     assert set(m["gzsl"]) == {"S", "U", "H"} and set(m["zero_shot"]) == {"S", "U", "H"}
     assert m["prompt_tuning"].startswith("skipped")
     assert m["cached_stages"] == []
-    from dfzsl_fast.pipeline.extended import ExtendedClassifier
+    from dfzsl_fast.io import load_extended
 
-    clf = ExtendedClassifier.load(out / "classifier.safetensors")
+    clf = load_extended(out / "classifier.safetensors")
     assert clf.class_names == [f"class {i}" for i in range(C_ALL)]
     assert clf.seen_classes.tolist() == list(range(C_S))
     # a non-empty folder is refused; --resume reuses every cached stage

@@ -7,15 +7,17 @@ import pytest
 import scipy.io
 import torch
 
-from dfzsl_fast.data import (
+from dfzsl_fast.config import (
     BASE_TO_NEW_DATASETS,
     GZSL_DATASETS,
     DFZSLConfig,
+    get_config,
+    list_configs,
+)
+from dfzsl_fast.data import (
     check_classnames,
     clean_classname,
     clean_classnames,
-    get_config,
-    list_configs,
     load_att_splits,
     load_features,
     shared_data_dir,

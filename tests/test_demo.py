@@ -33,9 +33,10 @@ def test_demo_on_a_held_out_world_beats_zero_shot(tmp_path):
     assert m["dfzsl"] == pytest.approx(s["dfzsl"])
     assert (tmp_path / "per_class.csv").read_text().count("\n") == 33  # header + 32 classes
     from dfzsl_fast.demo import demo_world
-    from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
+    from dfzsl_fast.io import load_extended
+    from dfzsl_fast.metrics import evaluate
 
-    clf = ExtendedClassifier.load(tmp_path / "classifier.safetensors")
+    clf = load_extended(tmp_path / "classifier.safetensors")
     w = demo_world("APY", seed=0, cache_dir=tmp_path / "minilm")
     assert evaluate(clf, w.test_features, w.test_labels)["H"] == pytest.approx(s["dfzsl"]["H"])
 

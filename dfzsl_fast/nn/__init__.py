@@ -1,7 +1,6 @@
-"""nn.Modules over the dfzsl_fast ops."""
-
-from __future__ import annotations
+"""Modules: the fused cosine classifier and the pipeline's extended (base + new) classifier."""
 
 from .cosine_classifier import CosineClassifier
+from .extended_classifier import ExtendedClassifier, project_out, text_center
 
-__all__ = ["CosineClassifier"]
+__all__ = ["CosineClassifier", "ExtendedClassifier", "project_out", "text_center"]

@@ -14,9 +14,10 @@ Each stage is usable alone; every random step takes a seed.
 
 from __future__ import annotations
 
+from ..metrics import evaluate
+from ..nn import ExtendedClassifier
 from .classifier import logit_adjustment, train_final_classifier
 from .dfzsl import DFZSL, DFZSLResult, zero_shot_classifier
-from .extended import ExtendedClassifier, evaluate
 from .flpt import FLPTResult, PromptLearner, train_flpt
 from .flpt_validation import FLPTValidation, select_flpt_steps
 from .generator import TFVAEGAN, load_generator, synthesize, train_generator

@@ -4,14 +4,13 @@ A stage's key is the SHA-256 of everything its output depends on: its config sec
 of the stages it consumes, the seed, and fingerprints of the input tensors. On a re-run with the
 same key the stored output is loaded instead of recomputed; any change (a config value, a
 different teacher, other class names) changes the key and recomputes that stage and every stage
-after it. Files are written atomically (temp file + ``os.replace``), so an interrupted run never
-leaves a half-written stage behind.
+after it. Files go through the one atomic writer (`dfzsl_fast.io.atomic`), so an interrupted
+run never leaves a half-written stage behind.
 
 Example:
     >>> cache = StageCache("runs/awa2/cache")
     >>> key = stage_key("virtual", cfg.simulator, teacher_fp, seed)
-    >>> hit = cache.load("virtual", key)          # None, or {name: tensor}
-    >>> cache.save("virtual", key, {"mu": mu, "x": x, "y": y}, {"kept": "22379"})
+    >>> tensors, meta, hit = cache.get_or_compute("virtual", key, lambda: ({"mu": mu}, {}))
 """
 
 from __future__ import annotations
@@ -19,24 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["StageCache", "stage_key", "fingerprint"]
+from ..hashing import fingerprint
+from ..io.atomic import atomic_path
 
-
-def fingerprint(t: torch.Tensor) -> str:
-    """SHA-256 of a tensor's dtype, shape and bytes (CPU copy); 16 hex digits."""
-    c = t.detach().to("cpu").contiguous()
-    h = hashlib.sha256(f"{c.dtype}|{tuple(c.shape)}|".encode())
-    if c.numel():
-        h.update(c.view(torch.uint8).numpy().tobytes() if c.dtype != torch.bool
-                 else c.to(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+__all__ = ["StageCache", "stage_key"]
 
 
 def _jsonable(v: Any) -> Any:
@@ -107,15 +98,36 @@ class StageCache:
             return
         from safetensors.torch import save_file
 
-        p.parent.mkdir(parents=True, exist_ok=True)
         m = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (meta or {}).items()}
         m["stage_key"] = key
         data = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".partial")
-        os.close(fd)
-        try:
-            save_file(data, tmp, metadata=m)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(p) as tmp:
+            save_file(data, str(tmp), metadata=m)
+
+    def get_or_compute(
+        self,
+        stage: str,
+        key: str,
+        compute: Callable[[], tuple[dict[str, torch.Tensor], dict[str, Any]]],
+        device: torch.device | str | None = None,
+    ) -> tuple[dict[str, torch.Tensor], dict[str, str], bool]:
+        """The stage's output: loaded when the stored key matches, else computed and stored.
+
+        Args:
+            stage: file stem of the stage. key: its `stage_key`.
+            compute: ``() -> (tensors, meta)``, run only on a miss.
+            device: where loaded tensors go (computed ones are returned as computed).
+
+        Returns:
+            ``(tensors, meta, hit)``: ``hit`` is True when the output came from the cache.
+        """
+        found = self.load(stage, key)
+        if found is not None:
+            tensors, meta = found
+            if device is not None:
+                tensors = {k: v.to(device) for k, v in tensors.items()}
+            return tensors, meta, True
+        tensors, meta = compute()
+        self.save(stage, key, tensors, meta)
+        return tensors, {k: (v if isinstance(v, str) else json.dumps(v))
+                         for k, v in (meta or {}).items()}, False

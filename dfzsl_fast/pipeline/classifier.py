@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ..ops.cosine import cosine_cross_entropy
 from ._progress import Progress
@@ -215,7 +216,7 @@ def train_final_classifier(
         backend=backend,
     )
     opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas))
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = seeded_generator(seed)
     with Progress(epochs, "dfzsl stage 4: final classifier", enabled=progress) as bar:
         for epoch in range(epochs):
             perm = torch.randperm(N, generator=gen).to(device)

@@ -23,10 +23,10 @@ checkpoints every epoch and resumes.
 
 Example:
     >>> from dfzsl_fast.pipeline import DFZSL
-    >>> from dfzsl_fast.data import get_config
+    >>> from dfzsl_fast.config import get_config
     >>> run = DFZSL(get_config("AWA2"), cache_dir="runs/awa2/cache")
     >>> result = run.fit(teacher_weight, class_names, seen_classes, text_tower=tower)
-    >>> result.classifier.save("runs/awa2/classifier.safetensors")
+    >>> save_classifier("runs/awa2/classifier.safetensors", result.classifier)   # dfzsl_fast.io
     >>> evaluate(result.classifier, x_test, y_test)["H"]
 """
 
@@ -43,9 +43,12 @@ import torch
 import torch.nn.functional as F
 
 from .._extension import _version
+from ..config import DFZSLConfig
 from ..data.classnames import check_classnames
-from ..data.configs import DFZSLConfig
-from ._cache import StageCache, fingerprint, stage_key
+from ..hashing import fingerprint, mix_seed
+from ..metrics import evaluate
+from ..nn import ExtendedClassifier, project_out, text_center
+from ._cache import StageCache, stage_key
 from .classifier import train_final_classifier
 from .estimate import (
     GainEstimate,
@@ -54,7 +57,6 @@ from .estimate import (
     pseudo_task,
     select_teacher_weight,
 )
-from .extended import ExtendedClassifier, evaluate, project_out, text_center
 from .teacher import Teacher, as_teacher
 from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
 
@@ -310,14 +312,7 @@ class DFZSL:
         t0 = time.perf_counter()
         sim = cfg.simulator
         k1 = stage_key("virtual", base_key, sim)
-        hit = self.cache.load("virtual", k1)
-        if hit is not None:
-            tens, _ = hit
-            mu, kappa = tens["mu"].to(device), tens["kappa"].to(device)
-            xv, yv = tens["x"].to(device), tens["y"].to(device)
-            keep = KeepStats(tens["drawn"], tens["kept"])
-            cached.append("virtual")
-        else:
+        def virtual_stage():
             kappa = default_kappa(T0[seen.to(device)], shared=sim.kappa_shared,
                                   multiplier=sim.kappa_multiplier).to(device)
             mu = fit_vmf_means(
@@ -327,7 +322,7 @@ class DFZSL:
             )
             if sim.trusted_filter:
                 xv, yv, keep = virtual_features(
-                    mu, kappa, sim.num, teacher, seed=cfg.seed + 1, wood_b=sim.wood_b,
+                    mu, kappa, sim.num, teacher, seed=mix_seed(cfg.seed, 1), wood_b=sim.wood_b,
                     backend=self.backend,
                 )
             else:  # keep everything that was drawn (ablation): the same draws, no filter
@@ -335,12 +330,18 @@ class DFZSL:
                 from .virtual import _labels_for
 
                 labels, _ = _labels_for(sim.num, C_s, "round_robin", device)
-                xv, yv = sample_vmf(mu, kappa, labels=labels, seed=cfg.seed + 1,
+                xv, yv = sample_vmf(mu, kappa, labels=labels, seed=mix_seed(cfg.seed, 1),
                                     wood_b=sim.wood_b, backend=self.backend)
                 drawn = torch.bincount(yv.cpu(), minlength=C_s)
                 keep = KeepStats(drawn, drawn.clone())
-            self.cache.save("virtual", k1, {"mu": mu, "kappa": kappa, "x": xv, "y": yv,
-                                            "drawn": keep.drawn, "kept": keep.kept})
+            return {"mu": mu, "kappa": kappa, "x": xv, "y": yv, "drawn": keep.drawn,
+                    "kept": keep.kept}, {}
+
+        tens, _, hit = self.cache.get_or_compute("virtual", k1, virtual_stage, device)
+        mu, kappa, xv, yv = tens["mu"], tens["kappa"], tens["x"], tens["y"]
+        keep = KeepStats(tens["drawn"].cpu(), tens["kept"].cpu())
+        if hit:
+            cached.append("virtual")
         log.info("stage 1 (virtual): %s", keep)
         timings["virtual"] = time.perf_counter() - t0
         yv_all = seen.to(device)[yv]  # labels in class_names indices
@@ -355,17 +356,16 @@ class DFZSL:
                              if text_tower is None else "skipped: the text tower is not tunable")
             log.warning("stage 2 (prompt tuning) %s", prompt_tuning)
         else:
-            hit = self.cache.load("prompts", k2)
-            if hit is not None:
-                tens, _ = hit
-                T1, shift = tens["text_features"].to(device), tens["shift"].to(device)
+            def prompt_stage():
+                T1, shift, note = self._tune_prompts(text_tower, names, xv, yv_all, seen, T0,
+                                                     kappa)
+                return {"text_features": T1, "shift": shift}, {"prompt_tuning": note}
+
+            tens, meta, hit = self.cache.get_or_compute("prompts", k2, prompt_stage, device)
+            T1, shift = tens["text_features"], tens["shift"]
+            prompt_tuning = meta.get("prompt_tuning", "done")
+            if hit:
                 cached.append("prompts")
-                prompt_tuning = hit[1].get("prompt_tuning", "done")
-            else:
-                T1, shift, prompt_tuning = self._tune_prompts(text_tower, names, xv, yv_all,
-                                                              seen, T0, kappa)
-                self.cache.save("prompts", k2, {"text_features": T1, "shift": shift},
-                                {"prompt_tuning": prompt_tuning})
             if shift is not None and not bool(shift.any()):
                 shift = None
         timings["prompts"] = time.perf_counter() - t0
@@ -403,24 +403,18 @@ class DFZSL:
         gcfg = cfg.generator
         k3 = stage_key("generator", k2, gcfg,
                        (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None)
-        hit = self.cache.load("synthetic", k3)
-        if hit is not None:
-            tens, _ = hit
-            xu, yu = tens["x"].to(device), tens["y"].to(device)
-            cached.append("generator")
-        elif gcfg.kind == "vmf":
-            from .. import sample_vmf
+        def synthetic_stage():
+            if gcfg.kind == "vmf":
+                from .. import sample_vmf
 
-            k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
-                             device=device)
-            # around the new classes' starting prototypes: in the centred frame their mapped
-            # text, the frame the virtual features live in (published: the text itself)
-            xu, yu = sample_vmf(init[unseen.to(device)], k_u,
-                                n_per_class=gcfg.syn_num, seed=gcfg.seed + 1,
-                                wood_b=sim.wood_b, backend=self.backend)
-            yu = unseen.to(device)[yu]
-            self.cache.save("synthetic", k3, {"x": xu, "y": yu})
-        else:
+                k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
+                                 device=device)
+                # around the new classes' starting prototypes: in the centred frame their
+                # mapped text, the frame the virtual features live in (published: the text)
+                xu, yu = sample_vmf(init[unseen.to(device)], k_u,
+                                    n_per_class=gcfg.syn_num, seed=mix_seed(gcfg.seed, 1),
+                                    wood_b=sim.wood_b, backend=self.backend)
+                return {"x": xu, "y": unseen.to(device)[yu]}, {}
             from .generator import synthesize, train_generator
 
             ckpt = None
@@ -430,9 +424,14 @@ class DFZSL:
             model = train_generator(
                 xs, yv_all, emb, gcfg, seed=gcfg.seed, progress=self.progress, checkpoint=ckpt,
             )
-            xu, yu = synthesize(model, emb, unseen.to(device), gcfg.syn_num, seed=gcfg.seed + 1)
-            xu, yu = xu.to(device), yu.to(device)
-            self.cache.save("synthetic", k3, {"x": xu, "y": yu})
+            xu, yu = synthesize(model, emb, unseen.to(device), gcfg.syn_num,
+                                seed=mix_seed(gcfg.seed, 1))
+            return {"x": xu.to(device), "y": yu.to(device)}, {}
+
+        tens, _, hit = self.cache.get_or_compute("synthetic", k3, synthetic_stage, device)
+        xu, yu = tens["x"], tens["y"]
+        if hit:
+            cached.append("generator")
         timings["generator"] = time.perf_counter() - t0
 
         # 4a. will it beat zero-shot, and after how many classifier epochs? (held-out base

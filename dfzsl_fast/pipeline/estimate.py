@@ -44,11 +44,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..data.configs import ClassifierConfig
+from ..config import ClassifierConfig
+from ..hashing import seeded_generator
 from ..metrics import gzsl_scores
+from ..nn import project_out, text_center
 from ..ops.vmf import sample_vmf
 from .classifier import train_final_classifier
-from .extended import project_out, text_center
 from .teacher import Teacher
 from .text_map import TextMap, fit_text_map
 
@@ -186,7 +187,7 @@ def pseudo_task(teacher: Teacher, mu: torch.Tensor, kappa: torch.Tensor, text: t
     if C_s < 2:
         raise ValueError("pseudo_task: needs at least 2 base classes")
     device = mu.device
-    g = torch.Generator().manual_seed(int(seed) + 4099)
+    g = seeded_generator(seed, 4099)
     perm = torch.randperm(C_s, generator=g)
     n_hold = min(max(1, round(holdout_fraction * C_s)), C_s - 1)
     hold = perm[:n_hold].sort().values.to(device)
@@ -221,7 +222,7 @@ def _h_diff_se(pred_a: torch.Tensor, pred_b: torch.Tensor, task: PseudoTask, see
                n_boot: int = 200) -> float:
     """Bootstrap standard error of H(a) - H(b) on the validation features (paired resamples,
     stratified by class so that every class keeps its count)."""
-    g = torch.Generator().manual_seed(int(seed) + 4103)
+    g = seeded_generator(seed, 4103)
     y = task.y_val.cpu()
     pa, pb = pred_a.cpu(), pred_b.cpu()
     groups = [(y == c).nonzero().flatten() for c in torch.unique(y).tolist()]

@@ -39,7 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.configs import FLPTConfig
+from ..config import FLPTConfig
+from ..hashing import seeded_generator
 from ..text.towers import PreparedPrompts, TextTower
 from ._progress import Progress
 
@@ -121,7 +122,7 @@ class PromptLearner(nn.Module):
         if not (isinstance(residual_weight, (int, float)) and math.isfinite(residual_weight)):
             raise ValueError(f"`residual_weight` must be a finite number, got {residual_weight!r}")
         width, out, device = int(tower.width), tower.output_dim, tower.device
-        gen = torch.Generator().manual_seed(int(seed))
+        gen = seeded_generator(seed)
         if ctx_init is not None and ctx_init.strip():
             init = tower.token_embeddings(ctx_init).detach().float()
             if init.shape[0] != n_ctx:
@@ -422,7 +423,7 @@ def train_flpt(
         opt = torch.optim.AdamW(
             learner.parameters(), lr=float(config.lr), weight_decay=float(config.weight_decay)
         )
-        gen = torch.Generator().manual_seed(int(seed) + 1)  # not the init's stream
+        gen = seeded_generator(seed, 1)  # not the init's stream
         logger.info(
             "FLPT: %d features, %d seen / %d classes, %d steps (batch %d, %d epochs), tower %s",
             N, Cs, len(names), total, bs, epochs, tower.name,

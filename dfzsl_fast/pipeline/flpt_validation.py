@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from ..data.configs import FLPTConfig
+from ..config import FLPTConfig
+from ..hashing import seeded_generator
 from ..metrics import harmonic_mean, per_class_accuracy
 from .flpt import PromptLearner, train_flpt
 
@@ -105,7 +106,7 @@ def select_flpt_steps(
     if Cs < 3:
         return FLPTValidation(steps=-1, fraction=1.0)  # too few classes to hold any out
     k = min(max(1, round(holdout_fraction * Cs)), Cs - 2)
-    g = torch.Generator().manual_seed(int(seed) + 7)
+    g = seeded_generator(seed, 7)
     held = seen[torch.randperm(Cs, generator=g)[:k]].sort().values
     y_cpu = labels.cpu()
     is_held = torch.isin(y_cpu, held)

@@ -1,4 +1,6 @@
-"""Stage 3 of DFZSL: the TF-VAEGAN feature generator (method.md 2.5).
+"""Stage 3 of DFZSL: training and sampling the TF-VAEGAN feature generator (method.md 2.5).
+
+The networks live in :mod:`dfzsl_fast.models.tfvaegan`:
 
 Five small MLPs (D = feature width `resSize`, A = class-embedding width `attSize`, Z = latent
 width `nz` = D by default, H = `hidden` = ngh = ndh, LeakyReLU(0.2), weights N(0, 0.02), zero
@@ -49,23 +51,29 @@ there is one host sync per epoch.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..data.configs import GeneratorConfig
-from ._checks import check_matrix
+from .._checks import check_int, check_matrix, check_seed
+from ..config import GeneratorConfig
+from ..hashing import fingerprint, seeded_generator
+from ..io.atomic import atomic_write
+from ..models.tfvaegan import (
+    TFVAEGAN,
+    Discriminator,
+    Encoder,
+    Feedback,
+    Generator,
+    SemanticDecoder,
+)
 from ._progress import Progress
 
 __all__ = [
@@ -83,8 +91,6 @@ __all__ = [
     "load_generator",
 ]
 
-_SLOPE = 0.2  # LeakyReLU negative slope of every network
-_INIT_STD = 0.02
 _FEEDBACK_LOOPS = 2  # --feedback_loop 2 (the reference script; not a config field)
 _CKPT_FORMAT = "dfzsl_fast.tfvaegan/1"
 # Config fields that may differ between a checkpoint and the run resuming it: `epochs` (to train
@@ -93,290 +99,6 @@ _RESUMABLE_FIELDS = ("epochs", "syn_num", "feedback_weight_syn")
 # synthesize() draws each class's noise in fixed blocks of this many rows, so the random stream
 # (and hence every row) is independent of the caller's batch_size.
 _NOISE_BLOCK = 4096
-
-
-# ------------------------------------------------------------------------------- networks
-def _linear(n_in: int, n_out: int) -> nn.Linear:
-    # Built on the meta device and materialised uninitialised: nn.Linear's own kaiming init would
-    # consume (and so perturb) the global RNG; `_init_linears` sets the real weights.
-    return nn.Linear(n_in, n_out, device="meta").to_empty(device="cpu")
-
-
-def _init_linears(module: nn.Module, generator: torch.Generator | None) -> None:
-    """N(0, 0.02) weights and zero biases for every nn.Linear (the reference `weights_init`)."""
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.Linear):
-                m.weight.normal_(0.0, _INIT_STD, generator=generator)
-                if m.bias is not None:
-                    m.bias.zero_()
-
-
-def _lrelu(t: torch.Tensor) -> torch.Tensor:
-    return F.leaky_relu(t, _SLOPE)
-
-
-class Encoder(nn.Module):
-    """E(x, a) -> (mu_z, logvar_z): [x; a] -> FC H -> LReLU -> FC 2Z -> LReLU -> two FC Z heads.
-
-    Args:
-        feature_dim: D. embed_dim: A. latent_dim: Z. hidden: H (ndh in the reference).
-        generator: RNG of the N(0, 0.02) init (None: torch's global RNG).
-
-    Shapes: x (B, D), a (B, A) float32 -> mu_z, logvar_z (B, Z).
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        latent_dim: int,
-        hidden: int,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.fc1 = _linear(feature_dim + embed_dim, hidden)
-        self.fc3 = _linear(hidden, 2 * latent_dim)
-        self.linear_means = _linear(2 * latent_dim, latent_dim)
-        self.linear_log_var = _linear(2 * latent_dim, latent_dim)
-        _init_linears(self, generator)
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = _lrelu(self.fc3(_lrelu(self.fc1(torch.cat((x, a), dim=1)))))
-        return self.linear_means(h), self.linear_log_var(h)
-
-
-class Generator(nn.Module):
-    """G(z, a, feedback=None, a1=0) -> unit rows: [z; a] -> FC H -> LReLU -> (+ a1 fb) -> FC D.
-
-    The output is L2-normalised (DFZSL's change; the original TF-VAEGAN used a sigmoid). With
-    `feedback` (the (B, H) output of `Feedback`), the hidden layer becomes h + a1 * feedback
-    before the last FC; without it, `a1` is ignored (as in the reference).
-
-    Shapes: z (B, Z), a (B, A), feedback (B, H) or None -> (B, D) float32 unit rows.
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        latent_dim: int,
-        hidden: int,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.fc1 = _linear(latent_dim + embed_dim, hidden)
-        self.fc3 = _linear(hidden, feature_dim)
-        _init_linears(self, generator)
-
-    def hidden(self, z: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """The (B, H) hidden layer h = LReLU(FC([z; a])), before any feedback."""
-        return _lrelu(self.fc1(torch.cat((z, a), dim=1)))
-
-    def output(self, h: torch.Tensor) -> torch.Tensor:
-        """The last layer on a (B, H) hidden layer: L2-normalise(FC(h)) -> (B, D)."""
-        return F.normalize(self.fc3(h), dim=1)
-
-    def forward(
-        self,
-        z: torch.Tensor,
-        a: torch.Tensor,
-        feedback: torch.Tensor | None = None,
-        a1: float = 0.0,
-    ) -> torch.Tensor:
-        h = self.hidden(z, a)
-        if feedback is not None:
-            h = h + a1 * feedback
-        return self.output(h)
-
-
-class Discriminator(nn.Module):
-    """The conditional critic D(x, a): [x; a] -> FC H -> LReLU -> FC 1 (no output activation).
-
-    Shapes: x (B, D), a (B, A) -> (B, 1).
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        hidden: int,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.feature_dim = int(feature_dim)
-        self.fc1 = _linear(feature_dim + embed_dim, hidden)
-        self.fc2 = _linear(hidden, 1)
-        _init_linears(self, generator)
-
-    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        return self.fc2(_lrelu(self.fc1(torch.cat((x, a), dim=1))))
-
-    def input_gradient(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
-        """grad_x D(x, a) per row, (B, D), differentiable w.r.t. D's weights.
-
-        For this two-layer critic, grad_x D = (s * w2) @ W1[:, :D] with s = LeakyReLU'(pre) in
-        {1, 0.2} (1 where pre > 0, as autograd's leaky_relu_backward). s is piecewise constant,
-        so its derivative is zero almost everywhere and this closed form has exactly the
-        parameter gradients of the reference double-backward (`autograd.grad(...,
-        create_graph=True)`), at a fraction of the cost: the pre-activation needs no graph and
-        x needs no gradient. Tested against autograd.
-        """
-        with torch.no_grad():
-            pre = self.fc1(torch.cat((x, a), dim=1))
-            s = torch.where(pre > 0, 1.0, _SLOPE).to(pre.dtype)
-        return (s * self.fc2.weight) @ self.fc1.weight[:, : self.feature_dim]
-
-    def critic_terms(
-        self, real: torch.Tensor, fake: torch.Tensor, interp: torch.Tensor, a: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """D(real, a), D(fake, a) and `input_gradient(interp, a)` in one pass: (B, 1) x 2, (B, D).
-
-        The three inputs share the condition a, so a's part of the first layer, a @ W1[:, D:]^T
-        + b1, is computed once instead of three times (about 10% of a critic step's FLOPs at
-        D = A). Same values as the separate calls up to float rounding (tested).
-        """
-        B, Dx = a.shape[0], self.feature_dim
-        w_x, w_a = self.fc1.weight[:, :Dx], self.fc1.weight[:, Dx:]
-        pre_a = F.linear(a, w_a, self.fc1.bias)  # (B, H)
-        pre = F.linear(torch.cat((real, fake)), w_x).view(2, B, -1) + pre_a
-        out = self.fc2(_lrelu(pre))  # (2, B, 1)
-        with torch.no_grad():
-            s = torch.where(F.linear(interp, w_x) + pre_a > 0, 1.0, _SLOPE).to(pre.dtype)
-        return out[0], out[1], (s * self.fc2.weight) @ w_x
-
-
-class Feedback(nn.Module):
-    """F(h): FC H -> LReLU -> FC H -> LReLU; maps the decoder hidden layer to G's hidden layer.
-
-    Shapes: (B, H) -> (B, H).
-    """
-
-    def __init__(self, hidden: int, generator: torch.Generator | None = None) -> None:
-        super().__init__()
-        self.fc1 = _linear(hidden, hidden)
-        self.fc2 = _linear(hidden, hidden)
-        _init_linears(self, generator)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return _lrelu(self.fc2(_lrelu(self.fc1(h))))
-
-
-class SemanticDecoder(nn.Module):
-    """Dec(x): x -> FC H -> LReLU (the hidden layer fed to F) -> FC A -> L2-normalise.
-
-    Reconstructs the (unit) class embedding of a feature. `hidden(x)` gives the (B, H) hidden
-    layer alone; `forward(x, return_hidden=True)` gives both.
-
-    Shapes: x (B, D) -> (B, A) unit rows [, (B, H)].
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        hidden: int,
-        generator: torch.Generator | None = None,
-    ) -> None:
-        super().__init__()
-        self.fc1 = _linear(feature_dim, hidden)
-        self.fc3 = _linear(hidden, embed_dim)
-        _init_linears(self, generator)
-
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:
-        return _lrelu(self.fc1(x))
-
-    def forward(
-        self, x: torch.Tensor, return_hidden: bool = False
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        h = self.hidden(x)
-        out = F.normalize(self.fc3(h), dim=1)
-        return (out, h) if return_hidden else out
-
-
-class TFVAEGAN(nn.Module):
-    """The five TF-VAEGAN networks: `encoder`, `generator`, `discriminator`, `feedback`, `decoder`.
-
-    Args:
-        feature_dim: D (resSize; 512 for CLIP ViT-B/16).
-        embed_dim: A (attSize; 512 for CLIP text features).
-        hidden: H = ngh = ndh (1024).
-        latent_dim: Z = nz = latent_size (None: D, as in DFZSL).
-        seed: seeds the N(0, 0.02) init with a private generator (None: torch's global RNG).
-        config: the `GeneratorConfig` it was (or will be) trained with; `synthesize` takes its
-            default a2 from it. None: `GeneratorConfig()`.
-
-    Networks are initialised in the order E, G, D, F, Dec from one generator, in float32 on the
-    CPU (move with `.to(device)`).
-    """
-
-    def __init__(
-        self,
-        feature_dim: int,
-        embed_dim: int,
-        hidden: int = 1024,
-        latent_dim: int | None = None,
-        *,
-        seed: int | None = 0,
-        config: GeneratorConfig | None = None,
-    ) -> None:
-        super().__init__()
-        D = _check_int(feature_dim, "feature_dim", 1)
-        A = _check_int(embed_dim, "embed_dim", 1)
-        H = _check_int(hidden, "hidden", 1)
-        Z = D if latent_dim is None else _check_int(latent_dim, "latent_dim", 1)
-        self.feature_dim, self.embed_dim, self.hidden, self.latent_dim = D, A, H, Z
-        self.config = config if config is not None else GeneratorConfig()
-        g = None if seed is None else torch.Generator().manual_seed(_derive_seed(seed, 0))
-        self.encoder = Encoder(D, A, Z, H, g)
-        self.generator = Generator(D, A, Z, H, g)
-        self.discriminator = Discriminator(D, A, H, g)
-        self.feedback = Feedback(H, g)
-        self.decoder = SemanticDecoder(D, A, H, g)
-
-    def shape_dict(self) -> dict[str, int]:
-        return {
-            "feature_dim": self.feature_dim,
-            "embed_dim": self.embed_dim,
-            "hidden": self.hidden,
-            "latent_dim": self.latent_dim,
-        }
-
-    def generate(
-        self,
-        z: torch.Tensor,
-        a: torch.Tensor,
-        a1: float | None = None,
-        *,
-        use_feedback: bool = True,
-    ) -> torch.Tensor:
-        """x_hat = G(z, a, F(Dec.hidden(G(z, a))), a1): the feedback path (or plain G(z, a)).
-
-        The decoder's hidden layer is detached, as in the reference, so gradients reach G's
-        second pass and F only.
-
-        Args:
-            z: (B, Z) latent. a: (B, A) unit class embeddings.
-            a1: feedback weight (None: `config.feedback_weight_syn`).
-            use_feedback: False gives G(z, a) alone.
-
-        Returns:
-            (B, D) unit rows.
-        """
-        if not use_feedback:
-            return self.generator(z, a)
-        if a1 is None:
-            a1 = self.config.feedback_weight_syn
-        # Both passes of G share h = LReLU(FC([z; a])): computed once (the reference computes it
-        # twice). The first pass only feeds the detached decoder hidden layer: no graph.
-        h = self.generator.hidden(z, a)
-        with torch.no_grad():
-            dec_hidden = self.decoder.hidden(self.generator.output(h))
-        return self.generator.output(h + a1 * self.feedback(dec_hidden))
-
-    def forward(self, z: torch.Tensor, a: torch.Tensor, a1: float | None = None) -> torch.Tensor:
-        """Same as `generate(z, a, a1)`."""
-        return self.generate(z, a, a1)
 
 
 # ------------------------------------------------------------------------------- losses
@@ -450,42 +172,6 @@ def adapt_lambda(
 
 
 # ------------------------------------------------------------------------------- checks
-def _check_int(v: Any, name: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {v}")
-    return int(v)
-
-
-def _check_seed(seed: Any, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int, got {type(seed).__name__}")
-    return int(seed)
-
-
-def _derive_seed(seed: int, stream: int) -> int:
-    """A 63-bit seed for sub-stream `stream` of `seed` (splitmix64 finaliser).
-
-    Distinct (seed, stream) pairs give unrelated seeds, unlike seed + stream, where seed 0 /
-    class 1 would equal seed 1 / class 0.
-    """
-    mask = (1 << 64) - 1
-    x = (int(seed) * 0x9E3779B97F4A7C15 + int(stream) * 0xD1B54A32D192ED03 + 1) & mask
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & mask
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & mask
-    return (x ^ (x >> 31)) & ((1 << 63) - 1)
-
-
-def _fingerprint(*tensors: torch.Tensor) -> str:
-    h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        a = t.detach().cpu().contiguous()
-        h.update(str((a.dtype, tuple(a.shape))).encode())
-        h.update(a.numpy().tobytes())
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------- training
 @dataclass
 class GeneratorFitInfo:
@@ -529,24 +215,9 @@ def _config_dict(config: GeneratorConfig) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(config).items() if k not in _RESUMABLE_FIELDS}
 
 
-def _save_atomic(obj: dict[str, Any], path: Path) -> None:
-    # Write to a temporary file in the target folder, flush to disk, then rename over the old
-    # checkpoint: os.replace is atomic on POSIX and Windows, so an interrupt (Ctrl-C, a killed
-    # job) leaves either the previous complete checkpoint or the new one, never a torn file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+def _save_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    # an interrupt (Ctrl-C, a killed job) leaves the previous complete checkpoint or the new one
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
@@ -699,14 +370,14 @@ def train_generator(
             f"[{lo}, {hi}]"
         )
     seed = config.seed if seed is None else seed
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if latent_dim is not None:
-        latent_dim = _check_int(latent_dim, "latent_dim", 1)
+        latent_dim = check_int(latent_dim, "latent_dim", 1)
     Z = D if latent_dim is None else latent_dim
-    epochs = _check_int(config.epochs, "config.epochs", 1)
-    H = _check_int(config.hidden, "config.hidden", 1)
-    critic_iters = _check_int(config.critic_iters, "config.critic_iters", 1)
-    batch = _check_int(config.batch_size, "config.batch_size", 1)
+    epochs = check_int(config.epochs, "config.epochs", 1)
+    H = check_int(config.hidden, "config.hidden", 1)
+    critic_iters = check_int(config.critic_iters, "config.critic_iters", 1)
+    batch = check_int(config.batch_size, "config.batch_size", 1)
     device = torch.device(device) if device is not None else x_in.device
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
 
@@ -721,7 +392,7 @@ def train_generator(
     y_all = labels.detach().to(device)
     expect = {
         "shapes": {"N": N, "D": D, "C": C, "A": A, "hidden": H, "latent_dim": Z},
-        "data": _fingerprint(x_in.float(), labels, e_in.float()),
+        "data": fingerprint(x_in.float(), labels, e_in.float()),
         "seed": seed,
         "config": _config_dict(config),
     }
@@ -746,8 +417,8 @@ def train_generator(
     opt_dec = torch.optim.Adam(Dec.parameters(), lr=config.decoder_lr, betas=betas, **fused)
     opts = {"e": opt_e, "g": opt_g, "d": opt_d, "f": opt_f, "dec": opt_dec}
 
-    idx_gen = torch.Generator().manual_seed(_derive_seed(seed, 1))  # batches (CPU)
-    noise_gen = torch.Generator(device=device).manual_seed(_derive_seed(seed, 2))  # eps, alpha
+    idx_gen = seeded_generator(seed, 1)  # batches (CPU)
+    noise_gen = seeded_generator(seed, 2, device)  # eps, alpha
     # lambda lives on the device so the adaptive rule needs no host sync per iteration.
     lam = torch.tensor(float(config.lambda_gp), dtype=torch.float64, device=device)
     history: dict[str, list[float]] = {k: [] for k in _HISTORY_KEYS}
@@ -771,7 +442,7 @@ def train_generator(
         start_epoch = int(ckpt["epoch"])
 
     def save(epoch: int) -> None:
-        _save_atomic(
+        _save_checkpoint(
             {
                 "format": _CKPT_FORMAT,
                 **expect,
@@ -973,9 +644,9 @@ def synthesize(
             f"{model.embed_dim}"
         )
     cls = _class_indices(classes, C)
-    num = _check_int(num_per_class, "num_per_class", 1)
-    seed = _check_seed(seed)
-    bs = 8192 if batch_size is None else _check_int(batch_size, "batch_size", 1)
+    num = check_int(num_per_class, "num_per_class", 1)
+    seed = check_seed(seed)
+    bs = 8192 if batch_size is None else check_int(batch_size, "batch_size", 1)
     if a2 is None:
         a2 = model.config.feedback_weight_syn
     if isinstance(a2, bool) or not isinstance(a2, (int, float)) or not math.isfinite(a2):
@@ -991,7 +662,7 @@ def synthesize(
     def noise_pieces():
         # (row offset, class index, z block) in output order; blocks have a fixed size.
         for k, c in enumerate(cls.tolist()):
-            g = torch.Generator(device=device).manual_seed(_derive_seed(seed, c))
+            g = seeded_generator(seed, c, device)
             for s in range(0, num, _NOISE_BLOCK):
                 n = min(_NOISE_BLOCK, num - s)
                 yield k * num + s, c, torch.randn((n, Z), generator=g, device=device)

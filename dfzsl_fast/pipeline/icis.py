@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ._progress import Progress
 
@@ -305,7 +306,7 @@ def fit_icis(
         w_train = torch.cat([w_s, w_s.new_zeros(a_u.shape[0], w_s.shape[1])])
         mask = torch.cat([mask, mask.new_zeros(a_u.shape[0])])
 
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = seeded_generator(seed)
     model = ICIS(a_s.shape[1], w_s.shape[1], hidden=hidden, generator=gen).to(
         device=device, dtype=dtype
     )
@@ -521,7 +522,7 @@ def icis_linear(
         ValueError: descriptors not D wide (this variant needs text features in the head's
             space: use `icis_extend` for attributes), a head with a bias, bad shapes.
     """
-    from .extended import project_out, text_center
+    from ..nn import project_out, text_center
     from .text_map import fit_text_map
 
     if isinstance(head, nn.Linear) and head.bias is not None:

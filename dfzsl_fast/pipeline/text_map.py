@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..hashing import seeded_generator
+
 __all__ = ["TextMap", "fit_text_map", "LAMBDAS"]
 
 LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
@@ -90,7 +92,7 @@ def fit_text_map(
     C = X.shape[0]
     val: dict[float, float] = {}
     if C >= 2:
-        g = torch.Generator().manual_seed(int(seed) + 7103)
+        g = seeded_generator(seed, 7103)
         perm = torch.randperm(C, generator=g).to(X.device)
         n_h = min(max(1, round(holdout_fraction * C)), C - 1)
         hold, keep = perm[:n_h], perm[n_h:]

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_matrix
 from ..ops.cosine import cosine_logit_mse
 from ..ops.vmf import sample_vmf
 from ..theory import kappa_from_prototypes
-from ._checks import check_matrix
 from ._progress import Progress
 from .teacher import Teacher, as_teacher
 

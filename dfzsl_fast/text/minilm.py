@@ -18,7 +18,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..hashing import sha256_text
+from ..io.atomic import atomic_write
 
 __all__ = ["MODEL_NAME", "EMBED_DIM", "PACKAGE", "is_available", "MiniLMEncoder", "encode"]
 
@@ -100,7 +102,7 @@ class MiniLMEncoder:
     @staticmethod
     def key(text: str) -> str:
         """Cache key of one text: SHA-256 of the model name and the text."""
-        return hashlib.sha256(f"{MODEL_NAME}\0{text}".encode()).hexdigest()
+        return sha256_text(MODEL_NAME, text)
 
     def _cache_get(self, text: str) -> np.ndarray | None:
         if self.cache_dir is None:
@@ -117,11 +119,13 @@ class MiniLMEncoder:
     def _cache_put(self, text: str, v: np.ndarray) -> None:
         if self.cache_dir is None:
             return
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
         f = self.cache_dir / f"{self.key(text)}.npy"
-        tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, v)
-        os.replace(tmp, f)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:  # a file object: np.save must not append ".npy"
+                np.save(fh, v)
+
+        atomic_write(f, write)
 
     def encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed texts.

@@ -33,7 +33,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -45,6 +44,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..hashing import sha256_file
 
 __all__ = [
     "DEFAULT_CTX_INIT",
@@ -346,14 +347,6 @@ def _is_torchscript_archive(path: Path) -> bool:
         return False
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _OpenCLIPPrompts(PreparedPrompts):
     def __init__(self, tower: OpenCLIPTextTower, texts: list[str], n_ctx: int) -> None:
         super().__init__(tower, texts, n_ctx)
@@ -569,7 +562,7 @@ class OpenCLIPTextTower(TextTower):
         tower.provenance = {
             "model_name": model_name,
             "weights_path": None if path is None else str(path),
-            "weights_sha256": None if path is None else _sha256(path),
+            "weights_sha256": None if path is None else sha256_file(path),
             "quick_gelu": qg,
         }
         logger.info("open_clip text tower %s (QuickGELU %s)", model_name, qg)

@@ -8,9 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfzsl_fast.data.configs import DFZSLConfig
+from dfzsl_fast.config import DFZSLConfig
+from dfzsl_fast.io import load_extended, save_classifier
+from dfzsl_fast.metrics import evaluate
+from dfzsl_fast.nn import ExtendedClassifier
 from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
-from dfzsl_fast.pipeline.extended import ExtendedClassifier, evaluate
 
 C_ALL, C_S, D = 9, 6, 16
 NAMES = [f"class {i}" for i in range(C_ALL)]
@@ -91,8 +93,8 @@ def test_saved_classifier_round_trip(tmp_path):
     g = torch.Generator().manual_seed(3)
     clf = ExtendedClassifier(torch.randn(5, 8, generator=g), list("abcde"), [0, 2],
                              shift=0.01 * torch.randn(8, generator=g), metadata={"k": 1})
-    path = clf.save(tmp_path / "c.safetensors")
-    back = ExtendedClassifier.load(path)
+    path = save_classifier(tmp_path / "c.safetensors", clf)
+    back = load_extended(path)
     x = torch.randn(7, 8, generator=g)
     torch.testing.assert_close(back(x), clf(x))
     assert back.class_names == list("abcde") and back.seen_classes.tolist() == [0, 2]
@@ -206,7 +208,7 @@ def test_with_an_open_clip_tower_prompt_tuning_runs():
 
 
 def test_flpt_validation_mechanics():
-    from dfzsl_fast.data.configs import ClassifierConfig
+    from dfzsl_fast.config import ClassifierConfig
     from dfzsl_fast.pipeline.flpt_validation import select_flpt_steps
 
     tower = _tiny_tower()

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from dfzsl_fast.data.configs import FLPTConfig  # noqa: E402
+from dfzsl_fast.config import FLPTConfig  # noqa: E402
 from dfzsl_fast.pipeline.flpt import (  # noqa: E402
     FLPTResult,
     PromptLearner,

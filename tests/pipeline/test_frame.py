@@ -6,11 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfzsl_fast.data.configs import ClassifierConfig
+from dfzsl_fast.config import ClassifierConfig
+from dfzsl_fast.io import load_extended, save_classifier
 from dfzsl_fast.metrics import prototype_accuracy
+from dfzsl_fast.nn import ExtendedClassifier, project_out, text_center
 from dfzsl_fast.pipeline.dfzsl import DFZSL
 from dfzsl_fast.pipeline.estimate import prototype_start
-from dfzsl_fast.pipeline.extended import ExtendedClassifier, project_out, text_center
 from dfzsl_fast.pipeline.text_map import fit_text_map
 
 from .test_dfzsl import NAMES, SEEN, tiny_config, tiny_world
@@ -50,8 +51,8 @@ def test_center_saved_and_loaded(tmp_path):
     c = text_center(text)
     clf = ExtendedClassifier(F.normalize(project_out(text, c), dim=1),
                              [f"c{i}" for i in range(12)], list(range(6)), center=c)
-    clf.save(tmp_path / "h.safetensors")
-    back = ExtendedClassifier.load(tmp_path / "h.safetensors")
+    save_classifier(tmp_path / "h.safetensors", clf)
+    back = load_extended(tmp_path / "h.safetensors")
     assert back.center is not None and torch.equal(back.center, clf.center)
     assert torch.equal(back(x), clf(x))
     with pytest.raises(ValueError, match="center"):
@@ -135,7 +136,7 @@ def test_fit_reports_estimate_and_centres():
 def test_fallback_and_override(monkeypatch):
     """When the estimate says no, zero-shot is returned; fallback=false keeps the extension."""
     import dfzsl_fast.pipeline.dfzsl as dfzsl_mod
-    from dfzsl_fast.data.configs import DFZSLConfig
+    from dfzsl_fast.config import DFZSLConfig
     from dfzsl_fast.pipeline.estimate import GainEstimate
 
     def says_no(*a, **k):

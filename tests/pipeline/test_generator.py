@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfzsl_fast.data.configs import GeneratorConfig
+from dfzsl_fast.config import GeneratorConfig
 from dfzsl_fast.pipeline import generator as gen_mod
 from dfzsl_fast.pipeline.generator import (
     TFVAEGAN,
@@ -221,7 +221,8 @@ def test_interrupt_keeps_last_epoch_checkpoint(tmp_path, monkeypatch):
 
     def torn_save(obj, f, *args, **kwargs):
         if obj["epoch"] == 3:
-            f.write(b"partial")
+            with open(f, "wb") as fh:
+                fh.write(b"partial")
             raise KeyboardInterrupt
         return real_save(obj, f, *args, **kwargs)
 

@@ -281,7 +281,9 @@ class DFZSLConfig:
 
     def to_json(self, path: str | Path) -> None:
         """Write :meth:`to_dict` as indented JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        from .io.atomic import save_json
+
+        save_json(path, self.to_dict())
 
     @classmethod
     def from_json(cls, path: str | Path) -> DFZSLConfig:

@@ -1,12 +1,13 @@
-"""Argument checks shared by the pipeline stages (one message format for every stage)."""
+"""Argument checks shared by the models and pipeline stages (one message format everywhere)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["check_matrix"]
+__all__ = ["check_matrix", "check_int", "check_seed"]
 
 
 def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
@@ -33,3 +34,21 @@ def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
         i = int(zero.nonzero()[0, 0])
         raise ValueError(f"{name}: row {i} is all zero and cannot be L2-normalised")
     return t
+
+
+def check_int(v: Any, name: str, low: int) -> int:
+    """An int (Python or numpy, not bool) >= ``low``; TypeError / ValueError naming ``name``."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if v < low:
+        raise ValueError(f"{name}: expected an int >= {low}, got {v}")
+    return int(v)
+
+
+def check_seed(seed: Any, name: str = "seed") -> int:
+    """An int seed (Python or numpy, not bool) in [0, 2^63): what torch.Generator accepts."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {type(seed).__name__}")
+    if not 0 <= int(seed) < 2**63:
+        raise ValueError(f"{name}: expected an int in [0, 2**63), got {seed}")
+    return int(seed)

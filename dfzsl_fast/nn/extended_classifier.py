@@ -1,4 +1,4 @@
-"""The pipeline's product: a cosine classifier over base + new classes, and its evaluation.
+"""The pipeline's product: a cosine classifier over base + new classes.
 
 `ExtendedClassifier` is what `DFZSL.fit` returns and what `dfzsl-fast run` saves: learnable
 prototypes P (C_all, D), a logit scale (100), an optional input shift s (D,) learned by FLPT
@@ -20,8 +20,8 @@ training and at test time.
 Example:
     >>> clf = result.classifier                      # from DFZSL(cfg).fit(...)
     >>> pred = clf.predict(x_test)                   # (N,) indices into clf.class_names
-    >>> scores = evaluate(clf, x_test, y_test)       # {"protocol": "gzsl", "S", "U", "H", ...}
-    >>> clf.save("runs/awa2/classifier.safetensors")
+    >>> scores = evaluate(clf, x_test, y_test)       # dfzsl_fast.metrics.evaluate
+    >>> save_classifier("runs/awa2/classifier.safetensors", clf)   # dfzsl_fast.io
 """
 
 from __future__ import annotations
@@ -33,11 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..metrics import base_to_new_scores, gzsl_scores
-from ..nn.cosine_classifier import CosineClassifier
 from ..ops import cosine as _ops
+from .cosine_classifier import CosineClassifier
 
-__all__ = ["ExtendedClassifier", "evaluate", "project_out", "text_center"]
+__all__ = ["ExtendedClassifier", "project_out", "text_center"]
 
 
 def text_center(text_features: torch.Tensor) -> torch.Tensor:
@@ -161,72 +160,3 @@ class ExtendedClassifier(nn.Module):
     def as_cosine(self) -> CosineClassifier:
         """The prototypes as a plain `CosineClassifier` (drops the input shift)."""
         return CosineClassifier(self.weight.detach(), self.scale, backend=self.backend)
-
-    def save(self, path, **extra_meta: Any):
-        """Write ``path`` (safetensors: weight, input_shift; JSON metadata with class names,
-        split, scale and provenance) atomically via `dfzsl_fast.io.save_classifier`."""
-        from ..io import save_classifier
-
-        return save_classifier(
-            path, self.as_cosine(), class_names=self.class_names, seen_classes=self.seen_classes,
-            metadata={**self.metadata, **extra_meta}, input_shift=self.shift,
-            input_center=self.center,
-        )
-
-    @classmethod
-    def load(cls, path, device: str | None = None) -> ExtendedClassifier:
-        """Read a file written by `save` (a plain cosine head loads with a zero shift)."""
-        from ..io import load_classifier
-
-        head, meta = load_classifier(path, device=device)
-        if isinstance(head, ExtendedClassifier):
-            return head
-        if not isinstance(head, CosineClassifier):
-            raise ValueError(f"{path}: holds a {meta.get('kind')} head, not a cosine classifier")
-        return cls(head.weight.detach(), meta["class_names"], meta["seen_classes"],
-                   scale=head.scale, metadata=meta.get("provenance", {}))
-
-
-def evaluate(
-    clf: ExtendedClassifier | nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    protocol: str = "gzsl",
-    seen_classes: Sequence[int] | torch.Tensor | None = None,
-    unseen_classes: Sequence[int] | torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Scores of a classifier on labelled test features.
-
-    Args:
-        clf: an `ExtendedClassifier` (or any module mapping (N, D) -> (N, C) logits, then give
-            the class split).
-        x: (N, D) test features; y: (N,) int64 labels in the classifier's class indices.
-        protocol: "gzsl" (per-class S, U, H over all classes) or "base2new" (sample-level B, N,
-            HM, each inside its own block).
-        seen_classes, unseen_classes: default: the classifier's own split.
-
-    Returns:
-        {"protocol", "S", "U", "H"} or {"protocol", "B", "N", "HM"}, plus per-class accuracies
-        for gzsl (float lists, NaN for classes without test samples).
-    """
-    seen = getattr(clf, "seen_classes", None) if seen_classes is None else seen_classes
-    unseen = getattr(clf, "unseen_classes", None) if unseen_classes is None else unseen_classes
-    if seen is None or unseen is None:
-        raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
-    with torch.no_grad():
-        chunks = range(0, x.shape[0], 65536)
-        logits = torch.cat([clf(x[s : s + 65536]).float().cpu() for s in chunks])
-    if protocol == "gzsl":
-        s = gzsl_scores(logits.argmax(1), y.cpu(), seen, unseen)
-        return {
-            "protocol": "gzsl",
-            "S": s["S"],
-            "U": s["U"],
-            "H": s["H"],
-            "per_class_seen": [float(v) for v in s["per_class_seen"]],
-            "per_class_unseen": [float(v) for v in s["per_class_unseen"]],
-        }
-    if protocol == "base2new":
-        s = base_to_new_scores(logits, y.cpu(), seen, unseen)
-        return {"protocol": "base2new", **{k: s[k] for k in ("B", "N", "HM")}}
-    raise ValueError(f"protocol: expected 'gzsl' or 'base2new', got {protocol!r}")

@@ -1,0 +1,302 @@
+"""Saved classification heads: ``*.safetensors`` with class names, split and provenance.
+
+Layout (see ``shared/docs/ecosystem.md`` section 4):
+
+- tensors ``weight`` (C, D) and, for an ``nn.Linear`` with bias, ``bias`` (C,), in the head's
+  dtype; for an :class:`~dfzsl_fast.nn.ExtendedClassifier` also ``input_shift`` (D,) and/or
+  ``input_center`` (D,);
+- safetensors metadata ``format = "dfzsl_fast.classifier/v1"`` and one key ``dfzsl_fast``
+  holding a JSON object: ``kind`` ("cosine" or "linear"), ``num_classes``, ``in_features``,
+  ``scale`` / ``eps`` / ``learnable`` (cosine), ``has_bias`` (linear), ``class_names``,
+  ``seen_classes``, ``unseen_classes``, ``n_base`` (when the seen classes are rows
+  ``0 .. n_base-1``) and ``provenance`` (dfzsl_fast, torch and Python versions, UTC creation
+  time, plus whatever the caller passed: config, CLIP model, weights sha256, ...).
+
+Loading never runs code (safetensors holds tensors and a JSON header only).
+
+Example:
+    >>> save_classifier("head.safetensors", head, class_names=names, n_base=50,
+    ...                 metadata={"clip_model": "ViT-B-16"})
+    >>> head, meta = load_classifier("head.safetensors")
+    >>> meta["seen_classes"][:3], meta["provenance"]["clip_model"]
+    ([0, 1, 2], 'ViT-B-16')
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nn import CosineClassifier, ExtendedClassifier
+from ._checks import META_KEY, check_finite, check_names, read_safetensors
+from .atomic import PathLike, atomic_path, to_jsonable
+from .provenance import provenance
+
+__all__ = ["CLASSIFIER_FORMAT", "save_classifier", "load_classifier", "load_extended"]
+
+#: safetensors metadata ``format`` of a saved classifier.
+CLASSIFIER_FORMAT = "dfzsl_fast.classifier/v1"
+
+Head = CosineClassifier | ExtendedClassifier | nn.Linear
+
+
+def _class_ids(v: Any, what: str, C: int) -> list[int]:
+    t = torch.as_tensor(np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v))
+    if t.numel() == 0:
+        return []
+    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+        raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices")
+    ids = t.long().tolist()
+    if min(ids) < 0 or max(ids) >= C:
+        raise ValueError(
+            f"`{what}`: class indices must lie in [0, {C}), got range [{min(ids)}, {max(ids)}]"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"`{what}`: holds duplicate class indices")
+    return sorted(ids)
+
+
+def save_classifier(
+    path: PathLike,
+    head: Head,
+    *,
+    class_names: Sequence[str] | None = None,
+    seen_classes: Sequence[int] | torch.Tensor | None = None,
+    n_base: int | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    input_shift: torch.Tensor | None = None,
+    input_center: torch.Tensor | None = None,
+) -> Path:
+    """Save a classification head as ``*.safetensors`` with its class names and seen/unseen split.
+
+    Args:
+        path: output file (written atomically; parent folders are created).
+        head: a :class:`~dfzsl_fast.nn.CosineClassifier` (weight (C, D), scale), an
+            :class:`~dfzsl_fast.nn.ExtendedClassifier` (its class names, split, input shift,
+            centre and metadata are saved with it: give none of those arguments) or an
+            ``nn.Linear`` (weight (C, D), optional bias (C,)). Saved in its dtype, on CPU.
+        class_names: C names, one per row of ``head.weight`` (required except for an
+            ExtendedClassifier).
+        seen_classes: indices of the seen (base) classes; every other class is unseen.
+        n_base: shorthand for ``seen_classes = range(n_base)`` (the base-to-new layout). Give at
+            most one of the two (or both, consistent); with neither, every class is seen (a
+            base head, e.g. before ICIS injection).
+        metadata: caller's provenance, any JSON-able dict (tensors and Paths are converted):
+            config, CLIP model name, weights sha256, QuickGELU, text tower, feature
+            normalisation... stored under ``provenance`` beside the automatic versions and
+            creation time (the caller's keys win on a clash).
+        input_shift: optional (D,) shift added to the unit-normalised input before a cosine
+            head (DFZSL's prompt-tuning residual; see `ExtendedClassifier`). Stored as the
+            tensor ``input_shift``; `load_classifier` then returns an `ExtendedClassifier`.
+        input_center: optional (D,) unit direction projected out of the unit-normalised input
+            (the centred frame of `ExtendedClassifier`); stored as ``input_center``.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        TypeError: ``head`` is neither a CosineClassifier nor an nn.Linear; names not strings;
+            metadata not JSON-able.
+        ValueError: ``len(class_names)`` differs from the number of rows; NaN/Inf weights or
+            bias; seen indices out of range or duplicated; ``n_base`` inconsistent.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(head, ExtendedClassifier):
+        given = [k for k, v in (("class_names", class_names), ("seen_classes", seen_classes),
+                                ("n_base", n_base), ("input_shift", input_shift),
+                                ("input_center", input_center)) if v is not None]
+        if given:
+            raise ValueError(
+                f"`{given[0]}`: an ExtendedClassifier carries its own {given[0]}; do not pass it"
+            )
+        metadata = {**head.metadata, **dict(metadata or {})}
+        class_names, seen_classes = head.class_names, head.seen_classes
+        input_shift, input_center = head.shift, head.center
+        head = head.as_cosine()
+    if class_names is None:
+        raise TypeError("`class_names`: required (one name per row of head.weight)")
+    if isinstance(head, CosineClassifier):
+        kind = "cosine"
+    elif isinstance(head, nn.Linear):
+        kind = "linear"
+    else:
+        raise TypeError(
+            f"`head`: expected a CosineClassifier or an nn.Linear, got {type(head).__name__}"
+        )
+    weight = head.weight.detach().cpu().contiguous()
+    if weight.dim() != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"`head.weight`: expected a (C, D) float tensor, got {tuple(weight.shape)}"
+        )
+    C, D = weight.shape
+    names = check_names(class_names, "class_names")
+    if len(names) != C:
+        raise ValueError(
+            f"`class_names` has {len(names)} names but the head has {C} classes (rows of weight)"
+        )
+    check_finite(weight, "`head.weight`")
+    tensors = {"weight": weight}
+    for name, value, what in (("input_shift", input_shift, "an input shift"),
+                              ("input_center", input_center, "an input centre")):
+        if value is None:
+            continue
+        if kind != "cosine":
+            raise ValueError(f"`{name}`: only a cosine head takes {what}")
+        v = torch.as_tensor(value).detach().cpu().contiguous()
+        if tuple(v.shape) != (D,) or not v.is_floating_point():
+            raise ValueError(f"`{name}`: expected a ({D},) float tensor")
+        check_finite(v, f"`{name}`")
+        tensors[name] = v.to(weight.dtype)
+    bias = getattr(head, "bias", None) if kind == "linear" else None
+    if bias is not None:
+        bias = bias.detach().cpu().contiguous()
+        check_finite(bias, "`head.bias`")
+        tensors["bias"] = bias
+
+    if n_base is not None:
+        if isinstance(n_base, bool) or not isinstance(n_base, int) or not 0 <= n_base <= C:
+            raise ValueError(f"`n_base`: expected an int in [0, {C}], got {n_base!r}")
+        base_ids = list(range(n_base))
+        if seen_classes is not None and _class_ids(seen_classes, "seen_classes", C) != base_ids:
+            raise ValueError("`seen_classes` and `n_base` disagree; give one of them")
+        seen = base_ids
+    elif seen_classes is not None:
+        seen = _class_ids(seen_classes, "seen_classes", C)
+    else:
+        seen = list(range(C))
+    seen_set = set(seen)
+    unseen = [c for c in range(C) if c not in seen_set]
+    nb = len(seen) if seen == list(range(len(seen))) else None
+
+    meta: dict[str, Any] = {
+        "format": CLASSIFIER_FORMAT,
+        "kind": kind,
+        "num_classes": C,
+        "in_features": D,
+        "dtype": str(weight.dtype).replace("torch.", ""),
+        "class_names": names,
+        "seen_classes": seen,
+        "unseen_classes": unseen,
+        "n_base": nb,
+    }
+    if kind == "cosine":
+        meta.update(scale=float(head.scale), eps=float(head.eps), learnable=bool(head.learnable))
+    else:
+        meta.update(has_bias=bias is not None)
+    meta["provenance"] = to_jsonable(provenance(**dict(metadata or {})), "metadata")
+    header = {"format": CLASSIFIER_FORMAT, META_KEY: json.dumps(meta, allow_nan=False)}
+    final = Path(path).expanduser()
+    with atomic_path(final) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return final
+
+
+
+def load_classifier(
+    path: PathLike, *, device: str | torch.device | None = None
+) -> tuple[Head, dict[str, Any]]:
+    """Load a head saved by :func:`save_classifier`.
+
+    Args:
+        path: the ``.safetensors`` file.
+        device: move the head there (default: CPU).
+
+    Returns:
+        ``(head, metadata)``: a :class:`~dfzsl_fast.nn.CosineClassifier` (same scale, eps,
+        learnability) or an ``nn.Linear`` with the saved weight (and bias), and the parsed JSON
+        metadata dict (``class_names``, ``seen_classes``, ``unseen_classes``, ``kind``,
+        ``provenance``, ...; see the module docstring).
+
+    Raises:
+        FileNotFoundError: no file at ``path`` (the message names it).
+        ValueError: not a safetensors file; another ``format``; missing ``weight``; class-name
+            count differing from the rows; NaN/Inf weights; bad seen/unseen indices.
+    """
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"`path`: no classifier file at {p}")
+    tensors, meta = read_safetensors(p, CLASSIFIER_FORMAT, "classifier")
+    if "weight" not in tensors:
+        raise ValueError(f"{p}: no `weight` tensor (found {sorted(tensors)})")
+    w = tensors["weight"]
+    if w.dim() != 2 or not w.is_floating_point():
+        raise ValueError(f"{p}: `weight` must be a (C, D) float tensor, got {tuple(w.shape)}")
+    C, D = w.shape
+    names = meta.get("class_names")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"{p}: metadata `class_names` must be a list of strings")
+    if len(names) != C:
+        raise ValueError(f"{p}: {len(names)} class names but `weight` has {C} rows")
+    check_finite(w, f"{p}: `weight`")
+    seen = _class_ids(meta.get("seen_classes", list(range(C))), f"{p}: seen_classes", C)
+    unseen = _class_ids(meta.get("unseen_classes", []), f"{p}: unseen_classes", C)
+    if set(seen) & set(unseen):
+        raise ValueError(f"{p}: seen_classes and unseen_classes overlap")
+    meta["seen_classes"], meta["unseen_classes"] = seen, unseen
+    kind = meta.get("kind")
+    if kind == "cosine":
+        scale = meta.get("scale")
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            raise ValueError(f"{p}: a cosine head needs a finite `scale`, got {scale!r}")
+        shift = tensors.get("input_shift")
+        center = tensors.get("input_center")
+        if shift is not None or center is not None:
+            # a pipeline product: cosine head on the centred normalize(x) + shift
+            for name, v in (("input_shift", shift), ("input_center", center)):
+                if v is None:
+                    continue
+                if tuple(v.shape) != (D,):
+                    raise ValueError(f"{p}: `{name}` must be ({D},), got {tuple(v.shape)}")
+                check_finite(v, f"{p}: `{name}`")
+            head = ExtendedClassifier(w, names, seen, scale=float(scale), shift=shift,
+                                      center=center, metadata=meta.get("provenance", {}))
+        else:
+            head = CosineClassifier(
+                w, float(scale), learnable=bool(meta.get("learnable", True)),
+                eps=float(meta.get("eps", 1e-12)),
+            )
+    elif kind == "linear":
+        b = tensors.get("bias")
+        if meta.get("has_bias", b is not None) and b is None:
+            raise ValueError(f"{p}: metadata says has_bias but there is no `bias` tensor")
+        head = nn.Linear(D, C, bias=b is not None, dtype=w.dtype)
+        with torch.no_grad():
+            head.weight.copy_(w)
+            if b is not None:
+                if tuple(b.shape) != (C,):
+                    raise ValueError(f"{p}: `bias` must be ({C},), got {tuple(b.shape)}")
+                check_finite(b, f"{p}: `bias`")
+                head.bias.copy_(b)
+    else:
+        raise ValueError(f"{p}: unknown head kind {kind!r} (expected 'cosine' or 'linear')")
+    if device is not None:
+        head = head.to(device)
+    return head, meta
+
+
+
+def load_extended(
+    path: PathLike, *, device: str | torch.device | None = None
+) -> ExtendedClassifier:
+    """Load a saved cosine head as an :class:`~dfzsl_fast.nn.ExtendedClassifier`.
+
+    A plain cosine head (no input shift or centre) loads with neither, keeping its split.
+
+    Raises:
+        ValueError: as :func:`load_classifier`, or the file holds a linear head.
+    """
+    head, meta = load_classifier(path, device=device)
+    if isinstance(head, ExtendedClassifier):
+        return head
+    if not isinstance(head, CosineClassifier):
+        raise ValueError(f"{path}: holds a {meta.get('kind')} head, not a cosine classifier")
+    return ExtendedClassifier(head.weight.detach(), meta["class_names"], meta["seen_classes"],
+                              scale=head.scale, metadata=meta.get("provenance", {}))
