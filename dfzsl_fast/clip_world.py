@@ -75,7 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data.classnames import check_classnames
+from .data.classnames import check_classnames, name_key
 from .hashing import seeded_generator
 from .teacher_fit import fit_logistic_regression
 from .world import (
@@ -220,12 +220,12 @@ def load_imagenet_text_head(root: str | Path | None = None) -> tuple[torch.Tenso
     with np.load(path, allow_pickle=False) as z:
         w = torch.from_numpy(np.asarray(z["weights"], dtype=np.float32))
         names = [str(n) for n in z["names"].tolist()]
-    # a few ImageNet names repeat ("crane", "maillot"; "Cardigan" and "cardigan" differ only in
-    # case): make them distinct the way the class-name checks compare them, keep the order
+    # a few ImageNet names repeat ("crane", "maillot"): make them distinct the way the class-name
+    # checks compare them (case counts: "Cardigan" and "cardigan" stay as they are), keep order
     seen: dict[str, int] = {}
     out = []
     for n in names:
-        key = " ".join(n.casefold().split())
+        key = name_key(n)
         k = seen.get(key, 0)
         seen[key] = k + 1
         out.append(n if k == 0 else f"{n} ({k + 1})")

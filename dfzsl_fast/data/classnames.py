@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-__all__ = ["CLEANING_STYLES", "clean_classname", "clean_classnames", "check_classnames"]
+__all__ = [
+    "CLEANING_STYLES", "clean_classname", "clean_classnames", "check_classnames", "name_key",
+]
 
 _CUB_PREFIX = re.compile(r"^\s*\d+\.")
 _SPACES = re.compile(r"\s+")
@@ -71,8 +73,18 @@ def clean_classname(name: str, dataset: str | None = None) -> str:
     return _SPACES.sub(" ", name).strip()
 
 
+def name_key(name: str) -> str:
+    """The identity of a class name: surrounding whitespace stripped, inner runs collapsed.
+
+    Case is kept ("Cardigan" and "cardigan" are two ImageNet classes)."""
+    return _SPACES.sub(" ", name).strip()
+
+
 def check_classnames(names: Sequence[str], argument: str = "class_names") -> list[str]:
-    """Raise if any name is empty or duplicated (case- and whitespace-insensitive).
+    """Raise if any name is empty or duplicated (whitespace-insensitive, case-sensitive).
+
+    Names that differ only in case are different classes: CLIP's ImageNet list has "Cardigan"
+    (the corgi) and "cardigan" (the sweater).
 
     Args:
         names: class names, one per class index.
@@ -94,7 +106,7 @@ def check_classnames(names: Sequence[str], argument: str = "class_names") -> lis
     for i, n in enumerate(out):
         if not isinstance(n, str):
             raise TypeError(f"`{argument}`[{i}] must be a string, got {type(n).__name__}")
-        key = _SPACES.sub(" ", n).strip().casefold()
+        key = name_key(n)
         if not key:
             raise ValueError(f"`{argument}`[{i}] is empty (after cleaning): {n!r}")
         if key in seen:

@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.classnames import check_classnames, name_key
 from ..hashing import sha256_file
 
 __all__ = [
@@ -856,7 +857,7 @@ class FixedTextFeatures(TextTower):
             raise ValueError("`features` contains NaN or Inf")
         names = None
         if class_names is not None:
-            names = _check_names(class_names)
+            names = check_classnames(class_names)  # distinct: rows are looked up by name
             if len(names) != f.shape[0]:
                 raise ValueError(
                     f"`class_names` has {len(names)} names for {f.shape[0]} feature rows"
@@ -867,7 +868,7 @@ class FixedTextFeatures(TextTower):
 
     @staticmethod
     def _key(n: str) -> str:
-        return " ".join(n.split()).casefold()
+        return name_key(n)  # case counts: "Cardigan" and "cardigan" are two ImageNet classes
 
     @torch.no_grad()
     def class_features(self, class_names: Sequence[str], template: str = "{}") -> torch.Tensor:
