@@ -40,10 +40,31 @@ def check_names(names: Any, what: str) -> list[str]:
 
 
 
+def numeric_tensor(x: Any, what: str, src: str) -> torch.Tensor:
+    """``x`` (tensor, array or nested numbers) as a tensor of a real or bool dtype, else a
+    ValueError naming ``what`` and ``src``."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{src}: `{what}` must hold real numbers, got {x.dtype}")
+        return x.detach().cpu()
+    if isinstance(x, (str, bytes, dict)) or x is None:
+        raise ValueError(f"{src}: `{what}` must be an array of numbers, got {type(x).__name__}")
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{src}: `{what}` must be an array of numbers ({exc})") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{src}: `{what}` must be an array of real numbers, got dtype {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def strings(x: Any, what: str, src: str) -> list[str]:
     if isinstance(x, str):
         raise ValueError(f"{src}: `{what}` must be a sequence of strings, got one string")
-    a = np.asarray(x)
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{src}: `{what}` must be a 1-D sequence of strings ({exc})") from None
     if a.ndim != 1 or (a.size and a.dtype.kind not in "UO"):
         raise ValueError(f"{src}: `{what}` must be a 1-D sequence of strings")
     out = [str(s) if isinstance(s, (str, np.str_)) else None for s in a.tolist()]

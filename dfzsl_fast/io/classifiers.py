@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.classnames import check_classnames
 from ..nn import CosineClassifier, ExtendedClassifier
 from ._checks import META_KEY, check_finite, check_names, read_safetensors
 from .atomic import PathLike, atomic_path, to_jsonable
@@ -48,12 +49,23 @@ Head = CosineClassifier | ExtendedClassifier | nn.Linear
 
 
 def _class_ids(v: Any, what: str, C: int) -> list[int]:
-    t = torch.as_tensor(np.asarray(v.cpu() if isinstance(v, torch.Tensor) else v))
-    if t.numel() == 0:
+    """Sorted distinct class indices in [0, C) from a 1-D sequence/tensor of integers."""
+    if isinstance(v, torch.Tensor):
+        v = v.detach().cpu().numpy()
+    if isinstance(v, (str, bytes, dict)) or v is None:
+        raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices, got "
+                         f"{type(v).__name__}")
+    try:
+        a = np.asarray(v)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices") from exc
+    if a.size == 0:
         return []
-    if t.dim() != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
+    if a.ndim != 1 or a.dtype.kind not in "iu" and not (
+        a.dtype.kind == "O" and all(isinstance(i, int) and not isinstance(i, bool) for i in a)
+    ):
         raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices")
-    ids = t.long().tolist()
+    ids = [int(i) for i in a.tolist()]
     if min(ids) < 0 or max(ids) >= C:
         raise ValueError(
             f"`{what}`: class indices must lie in [0, {C}), got range [{min(ids)}, {max(ids)}]"
@@ -61,6 +73,23 @@ def _class_ids(v: Any, what: str, C: int) -> list[int]:
     if len(set(ids)) != len(ids):
         raise ValueError(f"`{what}`: holds duplicate class indices")
     return sorted(ids)
+
+
+def _meta_number(meta: dict, key: str, default: float, p: Path, positive: bool = False) -> float:
+    v = meta.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (
+        positive and v <= 0
+    ):
+        what = "a finite positive number" if positive else "a finite number"
+        raise ValueError(f"{p}: metadata `{key}` must be {what}, got {v!r}")
+    return float(v)
+
+
+def _meta_bool(meta: dict, key: str, default: bool, p: Path) -> bool:
+    v = meta.get(key, default)
+    if not isinstance(v, bool):
+        raise ValueError(f"{p}: metadata `{key}` must be true or false, got {v!r}")
+    return v
 
 
 def save_classifier(
@@ -137,7 +166,7 @@ def save_classifier(
             f"`head.weight`: expected a (C, D) float tensor, got {tuple(weight.shape)}"
         )
     C, D = weight.shape
-    names = check_names(class_names, "class_names")
+    names = check_classnames(check_names(class_names, "class_names"), "class_names")
     if len(names) != C:
         raise ValueError(
             f"`class_names` has {len(names)} names but the head has {C} classes (rows of weight)"
@@ -188,6 +217,8 @@ def save_classifier(
         "n_base": nb,
     }
     if kind == "cosine":
+        if not math.isfinite(float(head.scale)) or not math.isfinite(float(head.eps)):
+            raise ValueError(f"`head.scale`: expected a finite scale, got {float(head.scale)}")
         meta.update(scale=float(head.scale), eps=float(head.eps), learnable=bool(head.learnable))
     else:
         meta.update(has_bias=bias is not None)
@@ -235,44 +266,60 @@ def load_classifier(
         raise ValueError(f"{p}: metadata `class_names` must be a list of strings")
     if len(names) != C:
         raise ValueError(f"{p}: {len(names)} class names but `weight` has {C} rows")
+    try:
+        check_classnames(names, "class_names")
+    except ValueError as exc:
+        raise ValueError(f"{p}: metadata {exc}") from None
+    for key, size in (("num_classes", C), ("in_features", D)):
+        if key in meta and (isinstance(meta[key], bool) or meta[key] != size):
+            raise ValueError(f"{p}: metadata `{key}` is {meta[key]!r} but `weight` is {C}x{D}")
     check_finite(w, f"{p}: `weight`")
     seen = _class_ids(meta.get("seen_classes", list(range(C))), f"{p}: seen_classes", C)
     unseen = _class_ids(meta.get("unseen_classes", []), f"{p}: unseen_classes", C)
     if set(seen) & set(unseen):
         raise ValueError(f"{p}: seen_classes and unseen_classes overlap")
+    if len(seen) + len(unseen) != C:
+        raise ValueError(f"{p}: seen_classes and unseen_classes must cover all {C} classes")
     meta["seen_classes"], meta["unseen_classes"] = seen, unseen
+    prov = meta.get("provenance", {})
+    if not isinstance(prov, dict):
+        raise ValueError(f"{p}: metadata `provenance` must be a JSON object, got {prov!r}")
     kind = meta.get("kind")
     if kind == "cosine":
-        scale = meta.get("scale")
-        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise ValueError(f"{p}: a cosine head needs a finite `scale`, got {scale!r}")
+        scale = _meta_number(meta, "scale", math.nan, p)
         shift = tensors.get("input_shift")
         center = tensors.get("input_center")
-        if shift is not None or center is not None:
-            # a pipeline product: cosine head on the centred normalize(x) + shift
-            for name, v in (("input_shift", shift), ("input_center", center)):
-                if v is None:
-                    continue
-                if tuple(v.shape) != (D,):
-                    raise ValueError(f"{p}: `{name}` must be ({D},), got {tuple(v.shape)}")
-                check_finite(v, f"{p}: `{name}`")
-            head = ExtendedClassifier(w, names, seen, scale=float(scale), shift=shift,
-                                      center=center, metadata=meta.get("provenance", {}))
-        else:
-            head = CosineClassifier(
-                w, float(scale), learnable=bool(meta.get("learnable", True)),
-                eps=float(meta.get("eps", 1e-12)),
-            )
+        try:
+            if shift is not None or center is not None:
+                # a pipeline product: cosine head on the centred normalize(x) + shift
+                for name, v in (("input_shift", shift), ("input_center", center)):
+                    if v is None:
+                        continue
+                    if tuple(v.shape) != (D,) or not v.is_floating_point():
+                        raise ValueError(f"`{name}` must be a ({D},) float tensor, got "
+                                         f"{tuple(v.shape)} {v.dtype}")
+                    check_finite(v, f"`{name}`")
+                head = ExtendedClassifier(w, names, seen, scale=scale, shift=shift,
+                                          center=center, metadata=prov)
+            else:
+                head = CosineClassifier(
+                    w, scale, learnable=_meta_bool(meta, "learnable", True, p),
+                    eps=_meta_number(meta, "eps", 1e-12, p, positive=True),
+                )
+        except (TypeError, ValueError) as exc:
+            msg = str(exc)
+            raise ValueError(msg if str(p) in msg else f"{p}: {msg}") from None
     elif kind == "linear":
         b = tensors.get("bias")
-        if meta.get("has_bias", b is not None) and b is None:
+        if _meta_bool(meta, "has_bias", b is not None, p) and b is None:
             raise ValueError(f"{p}: metadata says has_bias but there is no `bias` tensor")
         head = nn.Linear(D, C, bias=b is not None, dtype=w.dtype)
         with torch.no_grad():
             head.weight.copy_(w)
             if b is not None:
-                if tuple(b.shape) != (C,):
-                    raise ValueError(f"{p}: `bias` must be ({C},), got {tuple(b.shape)}")
+                if tuple(b.shape) != (C,) or not b.is_floating_point():
+                    raise ValueError(f"{p}: `bias` must be a ({C},) float tensor, got "
+                                     f"{tuple(b.shape)} {b.dtype}")
                 check_finite(b, f"{p}: `bias`")
                 head.bias.copy_(b)
     else:

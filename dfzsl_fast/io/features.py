@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import META_KEY, np_array, read_safetensors, strings
+from ._checks import META_KEY, np_array, numeric_tensor, read_safetensors, strings
 from .atomic import PathLike, atomic_write, to_jsonable
 
 __all__ = ["FEATURES_FORMAT", "FeatureFile", "save_features", "load_features"]
@@ -122,8 +122,8 @@ def _validate(
     metadata: Any,
     src: str,
 ) -> FeatureFile:
-    f = torch.as_tensor(np_array(features))
-    y = torch.as_tensor(np_array(labels))
+    f = numeric_tensor(features, "features", src)
+    y = numeric_tensor(labels, "labels", src)
     if y.dim() == 2 and 1 in y.shape:
         y = y.reshape(-1)
     if y.dim() != 1:
@@ -158,7 +158,12 @@ def _validate(
             )
     codes = snames = None
     if split is not None:
-        s = np.asarray(np_array(split) if isinstance(split, torch.Tensor) else split)
+        if isinstance(split, (str, bytes, dict)):
+            raise ValueError(f"{src}: `split` must be (N,) strings or integer codes")
+        try:
+            s = np.asarray(np_array(split) if isinstance(split, torch.Tensor) else split)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{src}: `split` must be (N,) strings or integer codes") from exc
         if s.ndim != 1 or s.shape[0] != n:
             raise ValueError(f"{src}: `split` must be (N,) = ({n},), got shape {s.shape}")
         if s.dtype.kind in "UO":
@@ -281,6 +286,25 @@ def save_features(
     return atomic_write(p, lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
 
+def _decode_paths(offsets: torch.Tensor, blob: torch.Tensor | None, p: Path) -> list[str]:
+    """The N paths of a safetensors feature file from (N + 1,) int64 offsets into UTF-8 bytes."""
+    if blob is None:
+        blob = torch.zeros(0, dtype=torch.uint8)
+    if offsets.dim() != 1 or offsets.dtype != torch.int64 or offsets.numel() == 0 or (
+        blob.dim() != 1 or blob.dtype != torch.uint8
+    ):
+        raise ValueError(f"{p}: `paths_offsets` must be (N + 1,) int64 and `paths_utf8` (B,) "
+                         "uint8")
+    off = offsets.tolist()
+    data = blob.numpy().tobytes()
+    if off[0] != 0 or off[-1] != len(data) or any(b < a for a, b in zip(off, off[1:])):
+        raise ValueError(f"{p}: `paths_offsets` must rise from 0 to len(paths_utf8) = {len(data)}")
+    try:
+        return [data[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:], strict=True)]
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: `paths_utf8` is not valid UTF-8 ({exc.reason})") from None
+
+
 def _read_feature_dict(p: Path) -> dict[str, Any]:
     suffix = p.suffix.lower()
     if suffix == ".npz":
@@ -312,9 +336,7 @@ def _read_feature_dict(p: Path) -> dict[str, Any]:
             if info.get(k) is not None:
                 d[k] = info[k]
         if "paths_offsets" in d:
-            off = d.pop("paths_offsets").tolist()
-            blob = d.pop("paths_utf8", torch.zeros(0, dtype=torch.uint8)).numpy().tobytes()
-            d["paths"] = [blob[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:], strict=True)]
+            d["paths"] = _decode_paths(d.pop("paths_offsets"), d.pop("paths_utf8", None), p)
         return d
     raise ValueError(
         f"`path`: unsupported feature file type {suffix!r}; use one of {_FEATURE_SUFFIXES}"

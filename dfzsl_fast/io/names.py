@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import check_finite, np_array, strings
+from ..data.classnames import check_classnames
+from ._checks import check_finite, numeric_tensor, strings
 from .atomic import PathLike
 
 __all__ = ["load_names", "load_descriptors"]
@@ -34,7 +35,10 @@ def load_names(path: PathLike) -> list[str]:
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"`path`: no names file at {p}")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"{p}: cannot read as UTF-8 text ({exc})") from None
     if p.suffix.lower() == ".json":
         try:
             names = json.loads(text)
@@ -45,13 +49,17 @@ def load_names(path: PathLike) -> list[str]:
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{p}: expected a JSON list of strings")
         names = [n.strip() for n in names]
+        blank = [i for i, n in enumerate(names) if not n]
+        if blank:
+            raise ValueError(f"{p}: entry [{blank[0]}] is blank; every class needs a name")
     else:
         names = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if not names:
         raise ValueError(f"{p}: no class names found")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"{p}: duplicate class names {dup[:5]}")
+    try:
+        check_classnames(names, "names")
+    except ValueError as exc:
+        raise ValueError(f"{p}: {exc}") from None
     return names
 
 
@@ -101,10 +109,10 @@ def load_descriptors(
                 f"`path`: unsupported descriptor file type {suffix!r}; use .npy, .npz, .pt, "
                 ".safetensors"
             )
-    except ValueError:
-        raise
     except Exception as exc:
-        raise ValueError(f"{p}: cannot read the descriptor file ({exc})") from exc
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("`path`") else
+                         f"{p}: cannot read the descriptor file ({msg})") from None
     for k in _NAME_KEYS:
         if k in entries:
             names = strings(entries.pop(k), k, str(p))
@@ -122,9 +130,10 @@ def load_descriptors(
             f"{p}: several entries {sorted(entries)}; name the descriptor one `descriptors` "
             "(or pass key=...)"
         )
-    t = torch.as_tensor(np_array(arr))
-    if t.dim() != 2:
-        raise ValueError(f"{p}: descriptors must be (C, A), got shape {tuple(t.shape)}")
+    t = numeric_tensor(arr, "descriptors", str(p))
+    if t.dim() != 2 or 0 in t.shape:
+        raise ValueError(f"{p}: descriptors must be a non-empty (C, A) array, got shape "
+                         f"{tuple(t.shape)}")
     if not t.is_floating_point():
         raise ValueError(f"{p}: descriptors must be floating point, got {t.dtype}")
     t = t.to(torch.float32).contiguous()
