@@ -97,9 +97,14 @@ def check_classnames(names: Sequence[str], argument: str = "class_names") -> lis
         TypeError: ``names`` is a plain string or holds a non-string.
         ValueError: no names, an empty name (index given), or duplicates (indices given).
     """
-    if isinstance(names, str):
+    if isinstance(names, (str, bytes)):
         raise TypeError(f"`{argument}` must be a sequence of names, not a single string")
-    out = list(names)
+    try:
+        out = list(names)
+    except TypeError:
+        raise TypeError(
+            f"`{argument}` must be a sequence of names, got {type(names).__name__}"
+        ) from None
     if not out:
         raise ValueError(f"`{argument}` is empty")
     seen: dict[str, int] = {}

@@ -62,6 +62,29 @@ from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
 
 __all__ = ["DFZSL", "DFZSLResult"]
 
+
+def _check_eval_data(eval_data: Any, D: int, C: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x (N, D) finite float, y (N,) integer labels in [0, C)), N >= 1; else a clear error."""
+    if not isinstance(eval_data, (tuple, list)) or len(eval_data) != 2:
+        raise TypeError("eval_data: expected a pair (x_test (N, D), y_test (N,))")
+    x, y = eval_data
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("eval_data: x_test and y_test must be tensors")
+    if not x.is_floating_point() or x.dim() != 2 or x.shape[1] != D or x.shape[0] == 0:
+        raise ValueError(f"eval_data: x_test must be a non-empty (N, {D}) float tensor, got "
+                         f"{tuple(x.shape)} {x.dtype}")
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise TypeError(f"eval_data: y_test must hold integer class indices, got {y.dtype}")
+    if y.shape != (x.shape[0],):
+        raise ValueError(f"eval_data: y_test must be ({x.shape[0]},), got {tuple(y.shape)}")
+    if int(y.min()) < 0 or int(y.max()) >= C:
+        raise ValueError(f"eval_data: y_test labels must lie in [0, {C}), got "
+                         f"[{int(y.min())}, {int(y.max())}]")
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"eval_data: x_test row {int(bad.nonzero()[0, 0])} has NaN or Inf")
+    return x, y.long()
+
 log = logging.getLogger(__name__)
 
 
@@ -108,8 +131,13 @@ def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
     if seen_classes is None:
         seen = torch.arange(C_s)
     else:
-        seen = torch.as_tensor(seen_classes).flatten()
-        if seen.is_floating_point() or seen.dtype == torch.bool:
+        if isinstance(seen_classes, (str, bytes, dict)):
+            raise TypeError("seen_classes: expected integer class indices")
+        try:
+            seen = torch.as_tensor(seen_classes).flatten()
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"seen_classes: expected integer class indices ({exc})") from None
+        if seen.is_floating_point() or seen.is_complex() or seen.dtype == torch.bool:
             raise TypeError("seen_classes: expected integer class indices")
         seen = seen.to(torch.int64).cpu()
     if seen.numel() != C_s:
@@ -168,7 +196,7 @@ class DFZSL:
         if not isinstance(teacher, Teacher):
             teacher = as_teacher(teacher, temperature=self.config.simulator.temperature,
                                  backend=self.backend)
-        names = check_classnames(list(class_names), "class_names")
+        names = check_classnames(class_names, "class_names")
         C_all, C_s, D = len(names), teacher.num_classes, teacher.in_features
         seen = _seen_index(seen_classes, C_all, C_s)
         if text_tower is None and text_features is None:
@@ -176,8 +204,9 @@ class DFZSL:
                 "give text_tower (prompt tuning runs) or text_features (it is skipped)"
             )
         if text_features is not None:
-            if not isinstance(text_features, torch.Tensor) or text_features.dim() != 2:
-                raise TypeError(f"text_features: expected a ({C_all}, {D}) tensor")
+            if (not isinstance(text_features, torch.Tensor) or text_features.dim() != 2
+                    or not text_features.is_floating_point()):
+                raise TypeError(f"text_features: expected a ({C_all}, {D}) float tensor")
             if text_features.shape[0] != C_all:
                 raise ValueError(
                     f"text_features: {text_features.shape[0]} rows for {C_all} class_names"
@@ -289,11 +318,7 @@ class DFZSL:
         is_seen[seen] = True
         unseen = (~is_seen).nonzero().flatten()
         if eval_data is not None:
-            x_te, y_te = eval_data
-            if x_te.dim() != 2 or x_te.shape[1] != teacher.in_features:
-                raise ValueError(f"eval_data: expected (N, {teacher.in_features}) features")
-            if y_te.shape != (x_te.shape[0],) or int(y_te.min()) < 0 or int(y_te.max()) >= C_all:
-                raise ValueError(f"eval_data: expected (N,) labels in [0, {C_all})")
+            eval_data = _check_eval_data(eval_data, teacher.in_features, C_all)
         timings: dict[str, float] = {}
         cached: list[str] = []
 
