@@ -179,8 +179,8 @@ class ClassifierConfig:
     (`pipeline/text_map.py`; ``text_map=False``: the centred text itself), a base one at
     normalize(its mapped text + ``teacher_weight`` * its stage-1 vMF mean) (None: the weight
     among 0.5, 1, 2, 4 with the best H on held-out base classes, `pipeline/estimate.py`); the
-    ``vmf`` generator draws the new classes' features around the new starts. ``"published"`` keeps the
-    reference: raw text-initialised prototypes, uncentred inputs.
+    ``vmf`` generator draws the new classes' features around the new starts. ``"published"``
+    keeps the reference: raw text-initialised prototypes, uncentred inputs.
     Why: the teacher (a softmax without bias) is blind to anything all classes share, so its
     fitted means and virtual features carry no shared component, while text prototypes and real
     CLIP images carry large ones; uncentred, that component alone sends base images to new

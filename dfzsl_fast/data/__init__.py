@@ -1,4 +1,7 @@
-"""Datasets: xlsa17 split and feature-file loaders, class-name cleaning, (the per-dataset configs live in dfzsl_fast.config)."""
+"""Datasets: xlsa17 split and feature-file loaders, class-name cleaning.
+
+The per-dataset configs live in :mod:`dfzsl_fast.config`.
+"""
 
 from __future__ import annotations
 

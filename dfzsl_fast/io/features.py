@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..data.classnames import check_classnames
 from ._checks import META_KEY, np_array, numeric_tensor, read_safetensors, strings
 from .atomic import PathLike, atomic_write, to_jsonable
 
@@ -152,6 +153,10 @@ def _validate(
     names = None
     if class_names is not None:
         names = strings(class_names, "class_names", src)
+        try:
+            check_classnames(names, "class_names")
+        except ValueError as exc:
+            raise ValueError(f"{src}: {exc}") from None
         if int(y.max()) >= len(names):
             raise ValueError(
                 f"{src}: label {int(y.max())} but only {len(names)} `class_names`"
@@ -297,7 +302,8 @@ def _decode_paths(offsets: torch.Tensor, blob: torch.Tensor | None, p: Path) -> 
                          "uint8")
     off = offsets.tolist()
     data = blob.numpy().tobytes()
-    if off[0] != 0 or off[-1] != len(data) or any(b < a for a, b in zip(off, off[1:])):
+    rising = all(a <= b for a, b in zip(off, off[1:], strict=False))
+    if off[0] != 0 or off[-1] != len(data) or not rising:
         raise ValueError(f"{p}: `paths_offsets` must rise from 0 to len(paths_utf8) = {len(data)}")
     try:
         return [data[a:b].decode("utf-8") for a, b in zip(off[:-1], off[1:], strict=True)]
