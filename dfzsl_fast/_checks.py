@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_matrix", "check_int", "check_seed"]
+__all__ = ["check_matrix", "check_int", "check_seed", "numeric_tensor"]
 
 
 def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
@@ -52,3 +52,21 @@ def check_seed(seed: Any, name: str = "seed") -> int:
     if not 0 <= int(seed) < 2**63:
         raise ValueError(f"{name}: expected an int in [0, 2**63), got {seed}")
     return int(seed)
+
+
+def numeric_tensor(x: Any, what: str, src: str) -> torch.Tensor:
+    """``x`` (tensor, array or nested numbers) as a tensor of a real or bool dtype, else a
+    ValueError naming ``what`` and ``src``."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise ValueError(f"{src}: `{what}` must hold real numbers, got {x.dtype}")
+        return x.detach().cpu()
+    if isinstance(x, (str, bytes, dict)) or x is None:
+        raise ValueError(f"{src}: `{what}` must be an array of numbers, got {type(x).__name__}")
+    try:
+        a = np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{src}: `{what}` must be an array of numbers ({exc})") from None
+    if a.dtype.kind not in "biuf":
+        raise ValueError(f"{src}: `{what}` must be an array of real numbers, got dtype {a.dtype}")
+    return torch.from_numpy(np.ascontiguousarray(a))

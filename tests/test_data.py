@@ -53,7 +53,9 @@ def test_clean_classname(raw, dataset, clean):
 
 def test_classname_checks():
     with pytest.raises(ValueError, match=r"duplicate.*\[0\].*\[2\]"):
-        check_classnames(["cat", "dog", "Cat "])
+        check_classnames(["cat", "dog", " cat "])
+    # case counts: CLIP's ImageNet list has "Cardigan" (the corgi) and "cardigan" (the sweater)
+    assert check_classnames(["Cardigan", "cardigan"]) == ["Cardigan", "cardigan"]
     with pytest.raises(ValueError, match=r"my_names`\[1\] is empty"):
         check_classnames(["cat", "  "], argument="my_names")
     with pytest.raises(ValueError, match="duplicate"):

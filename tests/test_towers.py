@@ -339,6 +339,11 @@ def test_fixed_text_features():
     torch.testing.assert_close(fixed.class_features(["horse", "giant panda"], TEMPLATE), f[[2, 1]])
     with pytest.raises(ValueError, match="no fixed features"):
         fixed.class_features(["cow"], TEMPLATE)
+    # names differing only in case are two classes and look up their own rows
+    cased = FixedTextFeatures(f, ["Cardigan", "cardigan", "horse"])
+    torch.testing.assert_close(cased.class_features(["cardigan", "Cardigan"]), f[[1, 0]])
+    with pytest.raises(ValueError, match="no fixed features"):
+        cased.class_features(["CARDIGAN"])  # ambiguous without the exact case
     by_pos = FixedTextFeatures(f.double())
     assert by_pos.class_features(["a", "b", "c"]).dtype == torch.float32
     with pytest.raises(ValueError, match="3 rows"):

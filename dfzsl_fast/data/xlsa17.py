@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import numeric_tensor
 from .classnames import clean_classnames
 
 __all__ = ["XLSA17Split", "FeatureSet", "load_att_splits", "load_features"]
@@ -163,7 +164,10 @@ def _loc(m: dict, key: str, path: Path, required: bool) -> torch.Tensor | None:
         if required:
             raise ValueError(f"{path}: missing the `{key}` field of an xlsa17 split file")
         return None
-    a = np.asarray(m[key]).reshape(-1).astype(np.int64)
+    a = numeric_tensor(m[key], key, str(path)).reshape(-1)
+    if a.is_floating_point() and not bool((a == a.round()).all()):
+        raise ValueError(f"{path}: `{key}` must hold integer locations")
+    a = a.numpy().astype(np.int64)
     if a.size and a.min() < 1:
         raise ValueError(f"{path}: `{key}` holds {a.min()} but MATLAB locations are 1-based")
     return torch.from_numpy(a - 1)
@@ -222,14 +226,17 @@ def load_att_splits(
     m = _loadmat(p)
     if "att" not in m:
         raise ValueError(f"{p}: missing the `att` field of an xlsa17 split file")
-    att = np.asarray(m["att"], dtype=np.float64)
+    att = numeric_tensor(m["att"], "att", str(p)).double().numpy()
     if att.ndim != 2:
         raise ValueError(f"{p}: `att` must be 2-D (A, C), got shape {att.shape}")
     if not np.isfinite(att).all():
         raise ValueError(f"{p}: `att` contains NaN or Inf")
     names = None
     if "allclasses_names" in m:
-        names = [str(np.asarray(x[0]).reshape(-1)[0]) for x in m["allclasses_names"]]
+        try:
+            names = [str(np.asarray(x[0]).reshape(-1)[0]) for x in m["allclasses_names"]]
+        except (IndexError, TypeError, ValueError):
+            raise ValueError(f"{p}: `allclasses_names` is not a cell array of names") from None
         if len(names) != att.shape[1]:
             raise ValueError(
                 f"{p}: {len(names)} class names but `att` has {att.shape[1]} class columns"
@@ -262,8 +269,11 @@ def _read_feature_file(p: Path) -> tuple[Any, Any, bool]:
         m = _loadmat(p)
         data, is_mat = m, True
     elif suffix == ".npz":
-        with np.load(p, allow_pickle=False) as z:
-            data, is_mat = {k: z[k] for k in z.files}, False
+        try:
+            with np.load(p, allow_pickle=False) as z:
+                data, is_mat = {k: z[k] for k in z.files}, False
+        except Exception as exc:
+            raise ValueError(f"{p}: cannot read as .npz ({exc})") from None
     elif suffix in (".pt", ".pth"):
         try:
             data = torch.load(p, map_location="cpu", weights_only=True)
@@ -308,12 +318,17 @@ def load_features(
         ValueError: unknown format, missing entries, bad shapes, N = 0, non-integer or
             out-of-range labels, NaN/Inf features (first bad row named), wrong dimension.
     """
+    if label_base not in (0, 1, "auto") or isinstance(label_base, bool):
+        raise ValueError(f"`label_base` must be 0, 1 or 'auto', got {label_base!r}")
+    for name, v in (("expected_dim", expected_dim), ("num_classes", num_classes)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise ValueError(f"`{name}` must be a positive int or None, got {v!r}")
     p = Path(path).expanduser()
     if not p.is_file():
         raise FileNotFoundError(f"`path`: no feature file at {p}")
     feats, labels, is_mat = _read_feature_file(p)
-    f = torch.as_tensor(np.asarray(feats.cpu() if torch.is_tensor(feats) else feats))
-    y = torch.as_tensor(np.asarray(labels.cpu() if torch.is_tensor(labels) else labels))
+    f = numeric_tensor(feats, "features", str(p))
+    y = numeric_tensor(labels, "labels", str(p))
     y = y.reshape(-1) if y.ndim == 2 and 1 in y.shape else y
     if y.ndim != 1:
         raise ValueError(f"{p}: `labels` must be (N,) or (N, 1), got {tuple(y.shape)}")
@@ -337,14 +352,12 @@ def load_features(
     if expected_dim is not None and f.shape[1] != expected_dim:
         raise ValueError(f"{p}: features have dimension {f.shape[1]}, expected {expected_dim}")
     if y.dtype.is_floating_point:
-        if not bool((y == y.round()).all()):
+        if not bool((y == y.round()).all()) or float(y.abs().max()) > 2**53:
             raise ValueError(f"{p}: `labels` must be integers")
     elif y.dtype == torch.bool:
         raise ValueError(f"{p}: `labels` must be integers, got bool")
     y = y.long()
     base = (1 if is_mat else 0) if label_base == "auto" else label_base
-    if base not in (0, 1):
-        raise ValueError(f"`label_base` must be 0, 1 or 'auto', got {label_base!r}")
     if int(y.min()) < base:
         hint = " (pass label_base=0 for 0-based labels)" if base == 1 else ""
         raise ValueError(f"{p}: `labels` hold {int(y.min())} but label_base is {base}{hint}")

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._checks import numeric_tensor  # noqa: F401  (re-exported for the io modules)
+
 META_KEY = "dfzsl_fast"
 
 
@@ -38,24 +40,6 @@ def check_names(names: Any, what: str) -> list[str]:
         out.append(n)
     return out
 
-
-
-def numeric_tensor(x: Any, what: str, src: str) -> torch.Tensor:
-    """``x`` (tensor, array or nested numbers) as a tensor of a real or bool dtype, else a
-    ValueError naming ``what`` and ``src``."""
-    if isinstance(x, torch.Tensor):
-        if x.is_complex():
-            raise ValueError(f"{src}: `{what}` must hold real numbers, got {x.dtype}")
-        return x.detach().cpu()
-    if isinstance(x, (str, bytes, dict)) or x is None:
-        raise ValueError(f"{src}: `{what}` must be an array of numbers, got {type(x).__name__}")
-    try:
-        a = np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{src}: `{what}` must be an array of numbers ({exc})") from None
-    if a.dtype.kind not in "biuf":
-        raise ValueError(f"{src}: `{what}` must be an array of real numbers, got dtype {a.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def strings(x: Any, what: str, src: str) -> list[str]:

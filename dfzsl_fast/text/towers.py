@@ -866,10 +866,6 @@ class FixedTextFeatures(TextTower):
         self.register_buffer("features", f.detach().float().clone())
         self.class_names = names
 
-    @staticmethod
-    def _key(n: str) -> str:
-        return name_key(n)  # case counts: "Cardigan" and "cardigan" are two ImageNet classes
-
     @torch.no_grad()
     def class_features(self, class_names: Sequence[str], template: str = "{}") -> torch.Tensor:
         """(C, D) float32 rows for ``class_names`` (the template is ignored)."""
@@ -882,11 +878,25 @@ class FixedTextFeatures(TextTower):
                     "look rows up by name)"
                 )
             return self.features.clone()
-        pos = {self._key(n): i for i, n in enumerate(self.class_names)}
-        missing = [n for n in names if self._key(n) not in pos]
+        # exact match first (case counts: "Cardigan" and "cardigan" are two ImageNet classes),
+        # then a case-insensitive one when it names a single row
+        exact = {name_key(n): i for i, n in enumerate(self.class_names)}
+        folded: dict[str, list[int]] = {}
+        for i, n in enumerate(self.class_names):
+            folded.setdefault(name_key(n).casefold(), []).append(i)
+
+        def row(n: str) -> int | None:
+            k = name_key(n)
+            if k in exact:
+                return exact[k]
+            rows = folded.get(k.casefold(), [])
+            return rows[0] if len(rows) == 1 else None
+
+        rows = [row(n) for n in names]
+        missing = [n for n, r in zip(names, rows, strict=True) if r is None]
         if missing:
             raise ValueError(f"`class_names`: no fixed features for {missing[:5]}")
-        return self.features[[pos[self._key(n)] for n in names]].clone()
+        return self.features[rows].clone()
 
     def _no_encoder(self) -> TypeError:
         return TypeError(
