@@ -59,6 +59,7 @@ import torch.nn.functional as F
 
 import dfzsl_fast
 from dfzsl_fast import testing, theory
+from dfzsl_fast.config import ClassifierConfig
 from dfzsl_fast.metrics import gzsl_scores
 from dfzsl_fast.pipeline import fit_vmf_means, logit_adjustment, train_final_classifier
 
@@ -430,11 +431,9 @@ def test_final_classifier_epoch(benchmark, bench, device, provider):
             init,
             seen,
             unseen,
-            scale=CLS_SCALE,
+            ClassifierConfig(scale=CLS_SCALE, lr=CLS_LR, beta1=CLS_BETAS[0]),
             epochs=1,
             batch_size=batch,
-            lr=CLS_LR,
-            betas=CLS_BETAS,
             seed=0,
             progress=False,
             callback=lambda e, h, loss: losses.append(loss),

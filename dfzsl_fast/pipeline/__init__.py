@@ -1,13 +1,16 @@
 """The DFZSL pipeline, stage by stage (method.md sections 2 and 3).
 
 - `teacher`: `Teacher`, the black-box base classifier used as a cosine classifier.
-- `virtual` (stage 1): `fit_vmf_means`, `virtual_features`, `select_trusted`, `default_kappa`.
+- `virtual` (stage 1): `virtual_stage` (from its `SimulatorConfig`), `fit_vmf_means`,
+  `virtual_features`, `select_trusted`, `default_kappa`.
 - `classifier` (stage 4): `train_final_classifier`, `logit_adjustment`.
 - `icis`: `fit_icis`, `inject`, `icis_extend` (image-free classifier injection).
 - `flpt` (stage 2): `PromptLearner`, `train_flpt`; `flpt_validation`: `select_flpt_steps`.
 - `generator` (stage 3): `TFVAEGAN`, `train_generator`, `synthesize`, `load_generator`.
-- `dfzsl`: `DFZSL(config).fit(...)`, the whole pipeline; `extended`: `ExtendedClassifier`,
-  `evaluate`.
+- `dfzsl`: `DFZSL(config).fit(...)`, the whole pipeline (its product, `ExtendedClassifier`,
+  lives in `dfzsl_fast.nn`).
+
+Every stage takes its config dataclass from `dfzsl_fast.config`.
 
 Each stage is usable alone; every random step takes a seed.
 """
@@ -31,6 +34,7 @@ from .virtual import (
     inverse_decay_lr,
     select_trusted,
     virtual_features,
+    virtual_stage,
 )
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "as_teacher",
     "fit_vmf_means",
     "virtual_features",
+    "virtual_stage",
     "select_trusted",
     "default_kappa",
     "inverse_decay_lr",

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..config import ClassifierConfig
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ..ops.cosine import cosine_cross_entropy
@@ -118,14 +119,10 @@ def train_final_classifier(
     init_weights: torch.Tensor,
     seen_classes: Sequence[int] | torch.Tensor,
     unseen_classes: Sequence[int] | torch.Tensor,
+    config: ClassifierConfig | None = None,
     *,
-    scale: float = 100.0,
-    epochs: int = 100,
-    batch_size: int = 1800,
-    lr: float = 5e-5,
-    betas: tuple[float, float] = (0.5, 0.999),
-    ratio: float = 1.0,
-    adjust_logits: bool = True,
+    epochs: int | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
     callback: Callable[[int, CosineClassifier, float], None] | None = None,
@@ -139,12 +136,13 @@ def train_final_classifier(
         init_weights: (C_all, d) initial prototypes (the tuned text features of all classes);
             normalised before training, as the reference does.
         seen_classes, unseen_classes: disjoint index lists covering [0, C_all).
-        scale: logit scale (100 = 1 / 0.01 in the reference).
-        epochs: passes over the data (reference: 100, retrained after each GAN epoch).
-        batch_size: mini-batch size (reference: syn_num, 1800 on AWA2).
-        lr, betas: Adam (reference: classifier_lr 5e-5, beta1 0.5).
-        ratio: seen:unseen group prior ratio of the adjustment (1.0).
-        adjust_logits: add `logit_adjustment(...)` to the logits in the training loss.
+        config: the stage's `ClassifierConfig` (None: the defaults): ``scale`` (100 = 1 / 0.01
+            in the reference), ``lr`` and ``beta1`` of Adam (reference: 5e-5, 0.5),
+            ``logit_adjust`` and ``logit_adjust_ratio`` (the seen:unseen prior ratio of the
+            train-time `logit_adjustment`), ``epochs`` and ``batch_size``.
+        epochs: overrides ``config.epochs`` (the pipeline passes the count it selected).
+        batch_size: overrides ``config.batch_size`` (one of the two must be set; the reference
+            uses syn_num, 1800 on AWA2).
         seed: seeds the shuffling (a private generator; the global RNG is untouched).
         progress: progress bar over epochs.
         callback: called as callback(epoch, head, mean_epoch_loss) after each epoch, e.g. to
@@ -159,7 +157,8 @@ def train_final_classifier(
     Differentiable: the returned head is; training itself is not part of a graph.
 
     Example:
-        >>> head = train_final_classifier(x, y, text_all, seen, unseen, epochs=100, batch_size=1800)
+        >>> head = train_final_classifier(x, y, text_all, seen, unseen,
+        ...                               ClassifierConfig(epochs=100, batch_size=1800))
         >>> pred = head.predict(x_test)
     """
     if (
@@ -194,11 +193,17 @@ def train_final_classifier(
     # when the sum is not finite (NaN/Inf present, or a float overflow of the sum)
     if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
         raise ValueError("features: contains NaN or Inf")
+    cfg = ClassifierConfig() if config is None else config
+    if not isinstance(cfg, ClassifierConfig):
+        raise TypeError(f"config: expected a ClassifierConfig, got {type(cfg).__name__}")
+    epochs = cfg.epochs if epochs is None else epochs
+    batch_size = cfg.batch_size if batch_size is None else batch_size
     for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < low:
             raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
+    scale, lr, ratio = cfg.scale, cfg.lr, cfg.logit_adjust_ratio
+    betas = (cfg.beta1, 0.999)
+    adjust_logits = cfg.logit_adjust
 
     seen, unseen = _groups(seen_classes, unseen_classes, C)
     dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32

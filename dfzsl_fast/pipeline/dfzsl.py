@@ -58,7 +58,7 @@ from .estimate import (
     select_teacher_weight,
 )
 from .teacher import Teacher, as_teacher
-from .virtual import KeepStats, default_kappa, fit_vmf_means, virtual_features
+from .virtual import KeepStats, virtual_stage
 
 __all__ = ["DFZSL", "DFZSLResult"]
 
@@ -337,32 +337,13 @@ class DFZSL:
         t0 = time.perf_counter()
         sim = cfg.simulator
         k1 = stage_key("virtual", base_key, sim)
-        def virtual_stage():
-            kappa = default_kappa(T0[seen.to(device)], shared=sim.kappa_shared,
-                                  multiplier=sim.kappa_multiplier).to(device)
-            mu = fit_vmf_means(
-                teacher, T0[seen.to(device)], kappa, steps=sim.epochs, lr=sim.lr,
-                nsample=sim.nsample, weight_decay=sim.weight_decay, seed=cfg.seed,
-                wood_b=sim.wood_b, progress=self.progress, backend=self.backend,
-            )
-            if sim.trusted_filter:
-                xv, yv, keep = virtual_features(
-                    mu, kappa, sim.num, teacher, seed=mix_seed(cfg.seed, 1), wood_b=sim.wood_b,
-                    backend=self.backend,
-                )
-            else:  # keep everything that was drawn (ablation): the same draws, no filter
-                from .. import sample_vmf
-                from .virtual import _labels_for
+        def run_virtual():
+            v = virtual_stage(teacher, T0[seen.to(device)], sim, seed=cfg.seed,
+                              progress=self.progress, backend=self.backend)
+            return {"mu": v.mu, "kappa": v.kappa, "x": v.x, "y": v.y, "drawn": v.keep.drawn,
+                    "kept": v.keep.kept}, {}
 
-                labels, _ = _labels_for(sim.num, C_s, "round_robin", device)
-                xv, yv = sample_vmf(mu, kappa, labels=labels, seed=mix_seed(cfg.seed, 1),
-                                    wood_b=sim.wood_b, backend=self.backend)
-                drawn = torch.bincount(yv.cpu(), minlength=C_s)
-                keep = KeepStats(drawn, drawn.clone())
-            return {"mu": mu, "kappa": kappa, "x": xv, "y": yv, "drawn": keep.drawn,
-                    "kept": keep.kept}, {}
-
-        tens, _, hit = self.cache.get_or_compute("virtual", k1, virtual_stage, device)
+        tens, _, hit = self.cache.get_or_compute("virtual", k1, run_virtual, device)
         mu, kappa, xv, yv = tens["mu"], tens["kappa"], tens["x"], tens["y"]
         keep = KeepStats(tens["drawn"].cpu(), tens["kept"].cpu())
         if hit:
@@ -494,10 +475,8 @@ class DFZSL:
         x_tr = project_out(torch.cat([xs, xu.to(xs.dtype)]), center)
         y_tr = torch.cat([yv_all, yu])
         head = train_final_classifier(
-            x_tr, y_tr, init, seen, unseen, scale=ccfg.scale, epochs=epochs,
-            batch_size=batch_size, lr=ccfg.lr, betas=(ccfg.beta1, 0.999),
-            ratio=ccfg.logit_adjust_ratio, adjust_logits=ccfg.logit_adjust, seed=cfg.seed,
-            progress=self.progress, callback=_track, backend=self.backend,
+            x_tr, y_tr, init, seen, unseen, ccfg, epochs=epochs, batch_size=batch_size,
+            seed=cfg.seed, progress=self.progress, callback=_track, backend=self.backend,
         )
         if eval_data is not None and not test_hist:  # 0 epochs: the starting prototypes
             tmp_clf.weight.data = project_out(head.weight.detach(), center)

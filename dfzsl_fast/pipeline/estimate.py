@@ -355,9 +355,7 @@ def estimate_gain(
     train_final_classifier(
         project_out(torch.cat([xk, xu.to(xk.dtype)]), center), torch.cat([yk, yu]), init, keep,
         hold,
-        scale=classifier.scale, epochs=classifier.epochs, batch_size=batch_size,
-        lr=classifier.lr, betas=(classifier.beta1, 0.999), ratio=classifier.logit_adjust_ratio,
-        adjust_logits=classifier.logit_adjust, seed=int(seed), progress=False, backend=backend,
+        classifier, batch_size=batch_size, seed=int(seed), progress=False, backend=backend,
         callback=record,
     )
     curve = [r["H"] for r in scores]

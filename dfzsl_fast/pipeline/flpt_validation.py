@@ -143,10 +143,9 @@ def select_flpt_steps(
         y_tr = torch.cat([y_fit_pos, held_pos[ys]])
         with torch.enable_grad():  # measure() runs under no_grad
             head = train_final_classifier(
-            x_tr, y_tr, text.cpu(), fit_pos, held_pos, scale=ccfg.scale, epochs=ccfg.epochs,
-            batch_size=ccfg.batch_size or int(downstream["syn_num"]), lr=ccfg.lr,
-            betas=(ccfg.beta1, 0.999), ratio=ccfg.logit_adjust_ratio,
-            adjust_logits=ccfg.logit_adjust, seed=int(seed), progress=False,
+                x_tr, y_tr, text.cpu(), fit_pos, held_pos, ccfg,
+                batch_size=ccfg.batch_size or int(downstream["syn_num"]), seed=int(seed),
+                progress=False,
             )
         return head.predict(x.cpu()).cpu()
 

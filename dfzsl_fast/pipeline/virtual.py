@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .._checks import check_matrix
+from ..config import SimulatorConfig
+from ..hashing import mix_seed
 from ..ops.cosine import cosine_logit_mse
 from ..ops.vmf import sample_vmf
 from ..theory import kappa_from_prototypes
@@ -40,6 +42,8 @@ __all__ = [
     "default_kappa",
     "fit_vmf_means",
     "select_trusted",
+    "virtual_stage",
+    "VirtualDomain",
     "virtual_features",
 ]
 
@@ -201,6 +205,8 @@ def fit_vmf_means(
     lr: float = 3e-3,
     nsample: int = 50,
     weight_decay: float = 5e-4,
+    lr_gamma: float = _LR_GAMMA,
+    lr_power: float = _LR_POWER,
     seed: int | None = 0,
     wood_b: str = "exact",
     select: str = "final",
@@ -270,7 +276,7 @@ def fit_vmf_means(
     scale_t = 1.0 / teacher.temperature
     opt = torch.optim.Adam([mu], lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: (1.0 + _LR_GAMMA * step) ** (-_LR_POWER)
+        opt, lambda step: (1.0 + lr_gamma * step) ** (-lr_power)
     )
 
     losses = torch.zeros(steps, dtype=torch.float64, device=device)
@@ -467,3 +473,62 @@ def virtual_features(
     dtype = _compute_dtype(mu)
     x, y = sample_vmf(mu.to(dtype), k, labels=labels, seed=seed, wood_b=wood_b, backend=backend)
     return select_trusted(x, y, teacher)
+
+
+@dataclass
+class VirtualDomain:
+    """Stage 1's output (`virtual_stage`).
+
+    Attributes:
+        mu: (C_s, d) fitted vMF mean directions; kappa: (C_s,) float64 concentrations.
+        x: (M, d) kept virtual features; y: (M,) int64 labels in teacher-row indices.
+        keep: per-class drawn/kept counts.
+    """
+
+    mu: torch.Tensor
+    kappa: torch.Tensor
+    x: torch.Tensor
+    y: torch.Tensor
+    keep: KeepStats
+
+
+def virtual_stage(
+    teacher: Teacher,
+    text_features: torch.Tensor,
+    config: SimulatorConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    backend: str | None = None,
+) -> VirtualDomain:
+    """Stage 1 from its config: kappa, fitted vMF means, then the teacher-trusted draws.
+
+    Args:
+        teacher: the black-box base classifier (C_s classes).
+        text_features: (C_s, d) the base classes' text features (the means start there).
+        config: every field of the `SimulatorConfig` is used (``lr_gamma`` / ``lr_power`` of
+            the schedule included); ``trusted_filter=False`` keeps every draw (ablation).
+        seed: the fit uses ``seed``, the draws ``mix_seed(seed, 1)``.
+    """
+    if not isinstance(config, SimulatorConfig):
+        raise TypeError(f"config: expected a SimulatorConfig, got {type(config).__name__}")
+    device = teacher.weight.device
+    kappa = default_kappa(text_features, shared=config.kappa_shared,
+                          multiplier=config.kappa_multiplier).to(device)
+    mu = fit_vmf_means(
+        teacher, text_features, kappa, steps=config.epochs, lr=config.lr,
+        nsample=config.nsample, weight_decay=config.weight_decay, lr_gamma=config.lr_gamma,
+        lr_power=config.lr_power, seed=seed, wood_b=config.wood_b, progress=progress,
+        backend=backend,
+    )
+    draw_seed = mix_seed(seed, 1)
+    if config.trusted_filter:
+        x, y, keep = virtual_features(mu, kappa, config.num, teacher, seed=draw_seed,
+                                      wood_b=config.wood_b, backend=backend)
+    else:  # keep everything that was drawn: the same draws, no filter
+        labels, _ = _labels_for(config.num, mu.shape[0], "round_robin", device)
+        x, y = sample_vmf(mu, kappa, labels=labels, seed=draw_seed, wood_b=config.wood_b,
+                          backend=backend)
+        drawn = torch.bincount(y.cpu(), minlength=mu.shape[0])
+        keep = KeepStats(drawn, drawn.clone())
+    return VirtualDomain(mu, kappa, x, y, keep)

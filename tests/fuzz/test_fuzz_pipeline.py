@@ -84,8 +84,7 @@ def _expect_rejected(monkeypatch, key, value):
     def no_work(*a, **k):
         raise AssertionError("a stage started before the inputs were validated")
 
-    monkeypatch.setattr(dfzsl_mod, "fit_vmf_means", no_work)
-    monkeypatch.setattr(dfzsl_mod, "default_kappa", no_work)
+    monkeypatch.setattr(dfzsl_mod, "virtual_stage", no_work)
     cfg = DFZSLConfig(name="fuzz")
     teacher = kwargs.pop("teacher")
     names = kwargs.pop("class_names")

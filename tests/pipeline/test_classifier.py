@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from dfzsl_fast.config import ClassifierConfig
 from dfzsl_fast.nn import CosineClassifier
 from dfzsl_fast.pipeline import logit_adjustment, train_final_classifier
 
@@ -50,7 +51,8 @@ def test_training_matches_a_reference_loop():
     """Full-batch epochs equal Adam(beta1 0.5) on F.cross_entropy(100 cos + adjustment)."""
     x, y, _, _, init = _problem()
     head = train_final_classifier(
-        x, y, init, SEEN, UNSEEN, epochs=3, batch_size=10_000, lr=1e-3, progress=False
+        x, y, init, SEEN, UNSEEN, ClassifierConfig(lr=1e-3), epochs=3, batch_size=10_000,
+        progress=False,
     )
     assert isinstance(head, CosineClassifier) and head.scale == 100.0 and head.learnable
     adj = logit_adjustment(y, SEEN, UNSEEN, 6).float()
@@ -69,10 +71,9 @@ def test_training_matches_a_reference_loop():
         init,
         SEEN,
         UNSEEN,
+        ClassifierConfig(lr=1e-3, logit_adjust=False),
         epochs=3,
         batch_size=10_000,
-        lr=1e-3,
-        adjust_logits=False,
         progress=False,
     )
     assert not torch.allclose(plain.weight, head.weight, atol=1e-6)
@@ -92,9 +93,9 @@ def test_training_improves_accuracy_and_test_time_is_plain_argmax():
         init,
         SEEN,
         UNSEEN,
+        ClassifierConfig(lr=1e-2),
         epochs=30,
         batch_size=64,
-        lr=1e-2,
         seed=0,
         progress=False,
         callback=lambda epoch, h, loss: seen_epochs.append((epoch, loss)),
@@ -109,7 +110,7 @@ def test_training_improves_accuracy_and_test_time_is_plain_argmax():
 
 def test_seeded_and_deterministic():
     x, y, _, _, init = _problem()
-    kw = dict(epochs=2, batch_size=32, lr=1e-2, progress=False)
+    kw = dict(config=ClassifierConfig(lr=1e-2), epochs=2, batch_size=32, progress=False)
     a = train_final_classifier(x, y, init, SEEN, UNSEEN, seed=1, **kw)
     b = train_final_classifier(x, y, init, SEEN, UNSEEN, seed=1, **kw)
     c = train_final_classifier(x, y, init, SEEN, UNSEEN, seed=2, **kw)
@@ -117,23 +118,26 @@ def test_seeded_and_deterministic():
     assert not torch.equal(a.weight, c.weight)
 
 
+ONE_EPOCH = dict(epochs=1, batch_size=8, progress=False)
+
+
 def test_bad_inputs():
     x, y, _, _, init = _problem()
     with pytest.raises(ValueError, match="overlap"):
-        train_final_classifier(x, y, init, [0, 1, 2, 3], [3, 4, 5], epochs=1, progress=False)
+        train_final_classifier(x, y, init, [0, 1, 2, 3], [3, 4, 5], **ONE_EPOCH)
     with pytest.raises(ValueError, match="cover all 6 classes"):
-        train_final_classifier(x, y, init, [0, 1, 2], [4, 5], epochs=1, progress=False)
+        train_final_classifier(x, y, init, [0, 1, 2], [4, 5], **ONE_EPOCH)
     with pytest.raises(ValueError, match="seen class 2 has no training samples"):
-        train_final_classifier(x[y != 2], y[y != 2], init, SEEN, UNSEEN, epochs=1, progress=False)
+        train_final_classifier(x[y != 2], y[y != 2], init, SEEN, UNSEEN, **ONE_EPOCH)
     with pytest.raises(ValueError, match="width 8 does not match"):
-        train_final_classifier(x, y, init[:, :8], SEEN, UNSEEN, epochs=1, progress=False)
+        train_final_classifier(x, y, init[:, :8], SEEN, UNSEEN, **ONE_EPOCH)
     bad = init.clone()
     bad[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
-        train_final_classifier(x, y, bad, SEEN, UNSEEN, epochs=1, progress=False)
+        train_final_classifier(x, y, bad, SEEN, UNSEEN, **ONE_EPOCH)
     with pytest.raises(ValueError, match="class indices"):
-        train_final_classifier(x, y, init, [0, 1, 2, 3], [4, 9], epochs=1, progress=False)
+        train_final_classifier(x, y, init, [0, 1, 2, 3], [4, 9], **ONE_EPOCH)
     with pytest.raises(TypeError, match="int64"):
-        train_final_classifier(x, y.int(), init, SEEN, UNSEEN, epochs=1, progress=False)
+        train_final_classifier(x, y.int(), init, SEEN, UNSEEN, **ONE_EPOCH)
     with pytest.raises(ValueError, match="ratio"):
         logit_adjustment(y, SEEN, UNSEEN, 6, ratio=0.0)

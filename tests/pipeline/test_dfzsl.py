@@ -141,7 +141,7 @@ def test_bad_inputs_fail_fast(mutate, exc, match, monkeypatch):
     def boom(*a, **k):  # no long work may start before the checks
         raise AssertionError("stage 1 started")
 
-    monkeypatch.setattr(mod, "fit_vmf_means", boom)
+    monkeypatch.setattr(mod, "virtual_stage", boom)
     text, W, _, _ = tiny_world()
     args = {"teacher": W.clone(), "class_names": list(NAMES), "seen_classes": SEEN,
             "text_features": text}
