@@ -287,6 +287,8 @@ def load_classifier(
     kind = meta.get("kind")
     if kind == "cosine":
         scale = _meta_number(meta, "scale", math.nan, p)
+        if not bool(torch.isfinite(torch.tensor(scale, dtype=w.dtype))):
+            raise ValueError(f"{p}: metadata `scale` {scale!r} overflows the weight's {w.dtype}")
         shift = tensors.get("input_shift")
         center = tensors.get("input_center")
         try:
