@@ -1,4 +1,5 @@
-"""`dfzsl-fast evaluate` and `dfzsl-fast inject`, run in-process through dfzsl_fast.cli.main."""
+"""`dfzsl-fast evaluate` and `dfzsl-fast inject`, run in-process through dfzsl_fast.cli.main;
+`dfzsl_fast.evaluation` (the one metrics schema) directly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from dfzsl_fast import cli
+from dfzsl_fast.evaluation import evaluate_head, validate_results
 from dfzsl_fast.io import load_classifier, save_classifier, save_features
 from dfzsl_fast.metrics import base_to_new_scores, gzsl_scores, per_class_accuracy
 from dfzsl_fast.nn import CosineClassifier
@@ -58,10 +60,12 @@ def test_evaluate_gzsl_matches_metrics(files, capsys):
     for k in ("S", "U", "H", "n_seen", "n_unseen", "absent_seen", "absent_unseen"):
         assert m["gzsl"][k] == ref[k], k
     assert 0 < ref["H"] < 1  # a non-trivial case
-    assert m["protocol"] == "gzsl" and "base2new" not in m
-    assert m["num_samples"] == len(y) and m["num_classes"] == 6
+    assert m["protocol"] == "gzsl" and m["base2new"] is None and m["closed_set"] is None
+    assert m["n_test"] == len(y) and m["n_classes"] == 6
+    assert m["schema"] == "dfzsl_fast.metrics/v1" and m["command"] == "evaluate"
     assert m["inputs"]["classifier"] == str(clf)
-    assert m["classifier_provenance"]["clip_model"] == "tiny"
+    assert m["provenance"]["classifier"]["clip_model"] == "tiny"
+    assert validate_results(out) == m
     with open(out / "per_class.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     acc, cnt = per_class_accuracy(head.predict(x), y, classes=range(6), num_classes=6)
@@ -94,6 +98,7 @@ def test_evaluate_base2new_and_split(files, capsys):
     assert m["gzsl"]["H"] == gzsl_scores(head.predict(xs), ys, SEEN, UNSEEN)["H"]
     with open(out / "per_class.csv", newline="") as fh:
         assert "accuracy_within_block" in next(csv.reader(fh))
+    validate_results(out)
 
 
 def test_evaluate_linear_head_and_name_matching(tmp_path):
@@ -130,8 +135,7 @@ def test_evaluate_head_any_module():
     head = Shifted(torch.randn(6, 5, generator=g))
     y = torch.arange(6).repeat(5)
     x = head.weight.detach()[y] + torch.randn(30, 5, generator=g)
-    m, per_class = cli.evaluate_head(head, x, y, SEEN, UNSEEN, protocol="base2new",
-                                     batch_size=7)
+    m, per_class = evaluate_head(head, x, y, SEEN, UNSEEN, protocol="base2new", batch_size=7)
     with torch.no_grad():
         logits = head(x)
     ref = gzsl_scores(logits, y, SEEN, UNSEEN)
@@ -147,10 +151,10 @@ def test_evaluate_errors(files, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dfzsl-fast evaluate: error:") and "missing.safetensors" in err
     save_features(tmp / "wide.npz", torch.randn(3, 5), [0, 1, 4])
-    assert _run("evaluate", "--classifier", clf, "--features", tmp / "wide.npz") == 2
+    assert _run("evaluate", "--classifier", clf, "--features", tmp / "wide.npz") == 1
     assert "width D = 16" in capsys.readouterr().err
     save_features(tmp / "other.npz", torch.randn(2, 16), [0, 1], class_names=["ant", "yak"])
-    assert _run("evaluate", "--classifier", clf, "--features", tmp / "other.npz") == 2
+    assert _run("evaluate", "--classifier", clf, "--features", tmp / "other.npz") == 1
     assert "yak" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):  # --debug shows the real exception
         _run("--debug", "evaluate", "--classifier", tmp / "nope", "--features", feats)
@@ -218,7 +222,7 @@ def test_inject_then_evaluate(tmp_path, capsys):
     np.save(tmp_path / "short.npy", att[:3].numpy())
     rc = _run("inject", "--classifier", clf, "--base-descriptors", tmp_path / "short.npy",
               "--new-descriptors", tmp_path / "att_new.pt", "--out", tmp_path / "z.safetensors")
-    assert rc == 2 and "3 rows but the classifier has 6" in capsys.readouterr().err
+    assert rc == 1 and "3 rows but the classifier has 6" in capsys.readouterr().err
     np.save(tmp_path / "nonames.npy", att[n_base:].numpy())
     rc = _run("inject", "--classifier", clf, "--base-descriptors", tmp_path / "att_base.npy",
               "--new-descriptors", tmp_path / "nonames.npy", "--out", tmp_path / "z.safetensors")
@@ -251,3 +255,39 @@ def test_help(cmd, capsys):
     assert f"dfzsl-fast {cmd}" in text
     if cmd not in ("info",):
         assert "example:" in text
+
+
+def test_inject_settings_via_set_and_bad_values(tmp_path, capsys):
+    """`inject --set KEY=VALUE` on ICISConfig; bad values fail before any output exists."""
+    lin = nn.Linear(5, 3)
+    clf = save_classifier(tmp_path / "lin.safetensors", lin, class_names=["a", "b", "c"])
+    np.save(tmp_path / "a.npy", np.random.rand(3, 4))
+    np.save(tmp_path / "n.npy", np.random.rand(2, 4))
+    base = ["inject", "--classifier", clf, "--base-descriptors", tmp_path / "a.npy",
+            "--new-descriptors", tmp_path / "n.npy", "--new-names", "d", "e", "--no-progress"]
+    out = tmp_path / "sub" / "o.safetensors"
+    assert _run(*base, "--out", out, "--epochs", "5", "--set", "hidden=8",
+                "--set", "epochs=2", "--set", "early_stopping=false") == 0
+    icis = load_classifier(out)[1]["provenance"]["icis"]
+    assert (icis["hidden"], icis["epochs"], icis["early_stopping"]) == (8, 2, False)
+    assert icis["epochs_run"] == 2
+    capsys.readouterr()
+    for bad, words in ((["--epochs", "0"], "--epochs"), (["--set", "epochs=0"], "epochs"),
+                       (["--set", "hidden=x"], "hidden"), (["--set", "hiden=3"], "hiden"),
+                       (["--set", "hidden"], "KEY=VALUE"), (["--lr", "nan"], "--lr"),
+                       (["--set", "hidden=100000000"], "hidden")):
+        out2 = tmp_path / "new" / "o.safetensors"
+        assert _run(*base, "--out", out2, *bad) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dfzsl-fast inject: error:"), err
+        assert words in err and not (tmp_path / "new").exists()
+
+
+def test_evaluate_closed_set_head(tmp_path):
+    lin = nn.Linear(4, 3)
+    clf = save_classifier(tmp_path / "c.safetensors", lin, class_names=["a", "b", "c"])
+    feats = save_features(tmp_path / "f.npz", torch.randn(9, 4), [0, 1, 2] * 3)
+    assert _run("evaluate", "--classifier", clf, "--features", feats, "--out", tmp_path / "e",
+                "--no-plot") == 0
+    m = validate_results(tmp_path / "e")
+    assert m["gzsl"] is None and 0 <= m["closed_set"]["accuracy"] <= 1
