@@ -103,9 +103,21 @@ def _existing_ancestor(p: Path, option: str) -> Path:
         q = q.parent
     if not q.is_dir():
         raise UsageError(f"{option}: {p} lies inside {q}, which is a file, not a folder")
-    if not os.access(q, os.W_OK | os.X_OK):
-        raise UsageError(f"{option}: cannot write into {q} (permission denied)")
+    _check_writable(q, option)
     return q
+
+
+def _check_writable(folder: Path, option: str) -> None:
+    """Raise unless a file can be created in ``folder`` (probed: permissions alone do not tell
+    for root, read-only mounts or /proc); the probe file is removed at once."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(dir=folder, prefix=".dfzsl-probe-")
+    except OSError as exc:
+        raise UsageError(f"{option}: cannot write into {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool,
@@ -122,8 +134,7 @@ def check_output_file(path: str | os.PathLike, option: str, *, overwrite: bool,
     if p.exists() or p.is_symlink():
         if not overwrite:
             raise UsageError(f"{option}: {p} exists (use --overwrite)")
-        if not os.access(p.parent, os.W_OK | os.X_OK):
-            raise UsageError(f"{option}: cannot write into {p.parent} (permission denied)")
+        _check_writable(p.parent, option)
         return p
     _existing_ancestor(p, option)
     return p
@@ -144,8 +155,6 @@ def check_output_dir(path: str | os.PathLike, option: str, *, reuse: bool,
     if p.exists() or p.is_symlink():
         if not p.is_dir():
             raise UsageError(f"{option}: {p} exists and is not a folder")
-        if not os.access(p, os.W_OK | os.X_OK):
-            raise UsageError(f"{option}: cannot write into {p} (permission denied)")
         if not reuse:
             if clashing is None:
                 if any(p.iterdir()):
@@ -154,6 +163,7 @@ def check_output_dir(path: str | os.PathLike, option: str, *, reuse: bool,
                 clash = [f for f in clashing if (p / f).exists()]
                 if clash:
                     raise UsageError(f"{option}: {p} already holds {clash} (use {reuse_flag})")
+        _check_writable(p, option)
         return p
     _existing_ancestor(p, option)
     return p
