@@ -291,3 +291,49 @@ def test_evaluate_closed_set_head(tmp_path):
                 "--no-plot") == 0
     m = validate_results(tmp_path / "e")
     assert m["gzsl"] is None and 0 <= m["closed_set"]["accuracy"] <= 1
+
+
+def test_validate_metrics_rejects_schema_violations(files):
+    """The validator shared by run, demo and evaluate catches a drifting writer."""
+    import copy
+
+    from dfzsl_fast.evaluation import build_metrics, validate_metrics
+
+    _, head, x, y, _, _ = files
+    scores, _ = evaluate_head(head, x, y, SEEN, UNSEEN)
+    m = build_metrics("evaluate", scores, baselines={"zero_shot": scores})
+    validate_metrics(m)
+    breakages = [
+        lambda d: d.update(schema="v0"),
+        lambda d: d.pop("gzsl"),
+        lambda d: d["gzsl"].update(S=1.5),
+        lambda d: d["gzsl"].update(H=None),
+        lambda d: d.update(closed_set={"accuracy": 0.5, "mean_per_class": 0.5}),
+        lambda d: d.update(base2new={"B": 0.1, "N": 0.1, "HM": 0.1}),
+        lambda d: d.update(n_test=-1),
+        lambda d: d["baselines"]["zero_shot"].pop("accuracy"),
+        lambda d: d.update(command="train"),
+    ]
+    for brk in breakages:
+        bad = copy.deepcopy(m)
+        brk(bad)
+        with pytest.raises(ValueError, match="metrics"):
+            validate_metrics(bad)
+
+
+def test_icis_extend_takes_an_icis_config():
+    from dfzsl_fast.data.configs import ICISConfig
+    from dfzsl_fast.pipeline.icis import icis_extend
+
+    g = torch.Generator().manual_seed(3)
+    head = CosineClassifier(torch.randn(4, 6, generator=g), 10.0)
+    a_s, a_u = torch.randn(4, 5, generator=g), torch.randn(2, 5, generator=g)
+    cfg = ICISConfig(hidden=8, epochs=3, batch_size=2, lr=1e-3, seed=1)
+    a = icis_extend(head, a_s, a_u, cfg, progress=False)
+    b = icis_extend(head, a_s, a_u, hidden=8, epochs=3, batch_size=2, lr=1e-3, seed=1,
+                    progress=False)
+    assert torch.equal(a.weight, b.weight) and a.weight.shape == (6, 6)
+    with pytest.raises(TypeError, match="epochs"):
+        icis_extend(head, a_s, a_u, cfg, epochs=2)
+    with pytest.raises(ValueError, match="ICISConfig.hidden"):
+        ICISConfig(hidden=0)
