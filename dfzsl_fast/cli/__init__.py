@@ -15,7 +15,9 @@
 Each command module has ``add(sub)`` (its sub-parser) and ``run(args) -> int`` (check the
 options and inputs, call the library, print). ``run`` imports heavy modules inside it, checks
 every option and loads every input before it creates an output file or folder, and writes
-only through ``dfzsl_fast.io``'s atomic writers.
+only through ``dfzsl_fast.io``'s atomic writers. Adding a command: such a module, appended to
+``COMMANDS``; shared option helpers (ranges, devices, output paths, ``--set``) are in
+``cli/_common.py``.
 
 Errors: :func:`main` is the one handler. Any exception prints one line,
 ``dfzsl-fast <command>: error: <message>``, on stderr and returns 2 for a wrong command line
@@ -33,7 +35,7 @@ from typing import NoReturn
 from . import demo, evaluate, extract, info, inject, run, sample
 from ._common import CommandFailed, UsageError
 
-__all__ = ["main", "build_parser", "COMMANDS", "UsageError", "CLIError", "PROG"]
+__all__ = ["main", "build_parser", "COMMANDS", "UsageError", "CommandFailed", "CLIError", "PROG"]
 
 PROG = "dfzsl-fast"
 #: Command modules, in --help order: each has ``add(sub)`` and ``run(args)``.
@@ -41,6 +43,7 @@ COMMANDS = [info, demo, run, sample, evaluate, inject, extract]
 #: Kept for callers of the former single-module CLI.
 CLIError = UsageError
 
+_ALIASES = ("extract",)
 #: Exceptions that mean "a path on the command line is wrong": exit code 2.
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 #: Exceptions whose message is self-explanatory (no type name printed).
@@ -64,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True, metavar="<command>")
     for module in COMMANDS:
         module.add(sub)
+    for name, sp in sub.choices.items():  # `dfzsl-fast <command> --debug` works too
+        if name not in _ALIASES:
+            sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                            help="show full tracebacks on errors")
     return p
 
 
@@ -89,8 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     argv = [str(a) for a in argv]
-    debug = "--debug" in argv[: next((i for i, a in enumerate(argv) if not a.startswith("-")),
-                                     len(argv))]
+    debug = "--debug" in argv
     prog = PROG
     try:
         args = build_parser().parse_args(argv)

@@ -7,10 +7,13 @@ Every helper raises :class:`UsageError` (exit code 2) with a message naming the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import math
 import os
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,10 @@ __all__ = [
     "check_output_file",
     "check_output_dir",
     "apply_overrides",
+    "build_config",
     "add_set_option",
+    "check_input_file",
+    "log_to",
     "pct",
 ]
 
@@ -167,6 +173,39 @@ def check_output_dir(path: str | os.PathLike, option: str, *, reuse: bool,
         return p
     _existing_ancestor(p, option)
     return p
+
+
+def check_input_file(path: str | os.PathLike, option: str) -> Path:
+    """An input file given on the command line, checked to exist (FileNotFoundError: exit 2)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{option}: no file at {p}" + (" (a folder)" if p.is_dir() else ""))
+    return p
+
+
+@contextlib.contextmanager
+def log_to(folder: Path | None, level: str) -> Iterator[None]:
+    """Send the ``dfzsl_fast`` loggers to stderr (and ``folder/log.txt``) while a command runs;
+    the logging setup is restored afterwards (``main`` may be called in-process)."""
+    logger = logging.getLogger("dfzsl_fast")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if folder is not None:
+        handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    old = (logger.level, logger.propagate)
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    logger.setLevel(level.upper())
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        for h in handlers:
+            logger.removeHandler(h)
+            h.close()
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
 
 
 def _parse_value(text: str) -> Any:

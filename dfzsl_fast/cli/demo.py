@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import check_output_dir, int_option
+from ._common import check_output_dir, int_option, log_to
 
 EXAMPLE = """example:
   dfzsl-fast demo                      # AWA2 class names, seed 0, about 5 minutes on 2 cores
@@ -18,6 +18,8 @@ DFZSL, ICIS and zero-shot CLIP side by side (GZSL S / U / H on the world's test 
 --out: metrics.json and per_class.csv (schema: dfzsl_fast.evaluation; DFZSL's scores at the top
 level, zero-shot and ICIS under `baselines`), classifier.safetensors, config.json, plots/.
 """
+
+__all__ = ["add", "run"]
 
 
 def add(sub: Any) -> None:
@@ -47,14 +49,13 @@ def run(args: argparse.Namespace) -> int:
         out = check_output_dir(args.out, "--out", reuse=args.overwrite)
 
     from ..demo import format_summary, run_demo
-    from .run import setup_logging
 
-    setup_logging(None, "warning")
     print(f"dfzsl-fast demo: simulated CLIP world from the {args.dataset} class names "
           f"(seed {args.seed}); DFZSL, ICIS and zero-shot CLIP, GZSL on the world's test images",
           flush=True)
-    s = run_demo(args.dataset, seed=args.seed, out_dir=out, with_icis=not args.no_icis,
-                 progress=not args.no_progress, plots=not args.no_plots)
+    with log_to(None, "warning"):
+        s = run_demo(args.dataset, seed=args.seed, out_dir=out, with_icis=not args.no_icis,
+                     progress=not args.no_progress, plots=not args.no_plots)
     w = s["world"]
     print(f"\nworld: {w['classes']} classes ({w['seen']} seen / {w['unseen']} unseen), teacher "
           f"seen accuracy {100 * w['teacher_seen_acc']:.1f}%; prompt tuning {s['prompt_tuning']}")

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._common import UsageError, check_device, check_output_dir, int_option, pct
+from ._common import (
+    UsageError,
+    check_device,
+    check_input_file,
+    check_output_dir,
+    int_option,
+    pct,
+)
 
 EXAMPLE = """\
 example:
@@ -26,6 +33,8 @@ class_name, group, n_test, accuracy), plots/per_class_accuracy.png. GZSL S and U
 means, predictions over all classes; base-to-new B and N are sample-level accuracies with the
 argmax inside the base (resp. new) classes.
 """
+
+__all__ = ["add", "run", "print_scores"]
 
 
 def add(sub: Any) -> None:
@@ -73,14 +82,18 @@ def run(args: argparse.Namespace) -> int:
         splits = [s for s in args.split.split(",") if s.strip()]
         if not splits:
             raise UsageError(f"--split: expected split names, got {args.split!r}")
-    head, meta = load_classifier(args.classifier, device=device)
-    ff = load_features(args.features)
+    head, meta = load_classifier(check_input_file(args.classifier, "--classifier"),
+                                 device=device)
+    ff = load_features(check_input_file(args.features, "--features"))
     if splits:
         ff = ff.select(splits)
         if len(ff) == 0:
             raise ValueError(f"--split {args.split}: no samples of these splits")
     names = meta["class_names"]
     labels = labels_in_class_space(ff.labels, ff.class_names, names, what="--features")
+    if ff.class_names is not None and list(ff.class_names) != list(names):
+        print("note: the feature file lists its classes in another order; labels matched by "
+              "name")
     seen, unseen = meta["seen_classes"], meta["unseen_classes"]
     print(f"classifier: {args.classifier} ({meta['kind']}, {len(names)} classes: {len(seen)} "
           f"seen, {len(unseen)} unseen; D = {meta['in_features']})")

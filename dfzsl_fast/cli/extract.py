@@ -12,6 +12,8 @@ from ._common import UsageError, check_device, check_output_file, int_option
 
 _SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
 
+__all__ = ["add", "run"]
+
 
 def add(sub: Any) -> None:
     from .. import extract  # light: open_clip is imported only when a model is built

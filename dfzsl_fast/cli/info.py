@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+__all__ = ["add", "run"]
+
 
 def add(sub: Any) -> None:
     p = sub.add_parser("info", help="versions, build facts and which backends are available here",

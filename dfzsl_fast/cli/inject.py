@@ -13,6 +13,7 @@ from ._common import (
     apply_overrides,
     build_config,
     check_device,
+    check_input_file,
     check_output_file,
     float_option,
     int_option,
@@ -46,6 +47,8 @@ Evaluate it with `dfzsl-fast evaluate`.
 
 #: Upper bounds of the ICIS sizes (beyond them a run would not fit in memory or in a day).
 LIMITS = {"hidden": 1 << 16, "epochs": 10**7, "batch_size": 1 << 20}
+
+__all__ = ["add", "run", "icis_config"]
 
 
 def add(sub: Any) -> None:
@@ -144,11 +147,14 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     out = check_output_file(args.out, "--out", overwrite=args.overwrite,
                             suffixes=(".safetensors",))
-    head, meta = load_classifier(args.classifier, device=device)
+    head, meta = load_classifier(check_input_file(args.classifier, "--classifier"),
+                                 device=device)
     names = meta["class_names"]
     C = len(names)
-    a_base, base_names = load_descriptors(args.base_descriptors)
-    a_new, new_embedded = load_descriptors(args.new_descriptors)
+    a_base, base_names = load_descriptors(
+        check_input_file(args.base_descriptors, "--base-descriptors"))
+    a_new, new_embedded = load_descriptors(
+        check_input_file(args.new_descriptors, "--new-descriptors"))
     new_names = _new_names(args.new_names, new_embedded)
     if a_base.shape[0] != C:
         raise ValueError(

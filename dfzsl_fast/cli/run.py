@@ -4,7 +4,6 @@ classifier and class names to a classifier over base + new classes, with a resul
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -16,8 +15,10 @@ from ._common import (
     apply_overrides,
     build_config,
     check_device,
+    check_input_file,
     check_output_dir,
     int_option,
+    log_to,
 )
 
 EXAMPLE = """examples:
@@ -43,6 +44,8 @@ estimate, timings, cached stages), log.txt and cache/ (per-stage results: re-run
 --test-features also metrics.json and per_class.csv (schema: dfzsl_fast.evaluation; the
 zero-shot CLIP baseline under `baselines`) and plots/.
 """
+
+__all__ = ["add", "run", "load_run_config"]
 
 
 def add(sub: Any) -> None:
@@ -129,7 +132,7 @@ def _load_teacher(path: str, names: list[str], seen_names_file: str | None):
     else:
         weight, teacher_names = load_descriptors(p)
     if seen_names_file:
-        teacher_names = load_names(seen_names_file)
+        teacher_names = load_names(check_input_file(seen_names_file, "--seen-names"))
         if len(teacher_names) != weight.shape[0]:
             raise ValueError(
                 f"--seen-names: {len(teacher_names)} names for a teacher with "
@@ -164,7 +167,7 @@ def _text_source(args: argparse.Namespace):
     if args.text_features:
         from ..io import load_descriptors
 
-        t, _ = load_descriptors(args.text_features)
+        t, _ = load_descriptors(check_input_file(args.text_features, "--text-features"))
         return None, t.to(torch.float32)
     if args.minilm:
         from ..text.towers import MiniLMTextTower
@@ -181,15 +184,6 @@ def _text_source(args: argparse.Namespace):
     ), None
 
 
-def setup_logging(out: Path | None, level: str) -> None:
-    """Log to stderr and, with a run folder, to ``out/log.txt``."""
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if out is not None:
-        handlers.append(logging.FileHandler(out / "log.txt"))
-    logging.basicConfig(level=getattr(logging, level.upper()), handlers=handlers,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-
-
 def run(args: argparse.Namespace) -> int:
     # every option and input is checked before the run folder is created
     cfg = load_run_config(args.config, args.set)
@@ -203,29 +197,38 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..evaluation import (
-        build_metrics,
-        evaluate_head,
-        labels_in_class_space,
-        plot_feature_projection,
-        write_evaluation,
-    )
-    from ..io import load_features, load_names, save_json
-    from ..pipeline.dfzsl import DFZSL, zero_shot_classifier
+    from ..evaluation import labels_in_class_space
+    from ..io import load_features, load_names
+    from ..pipeline.dfzsl import DFZSL
 
-    names = load_names(args.class_names)
+    names = load_names(check_input_file(args.class_names, "--class-names"))
     weight, seen = _load_teacher(args.teacher, names, args.seen_names)
     tower, text_features = _text_source(args)
     test = None
     if args.test_features:
-        ff = load_features(args.test_features)
+        ff = load_features(check_input_file(args.test_features, "--test-features"))
         y = labels_in_class_space(ff.labels, ff.class_names, names, what="--test-features")
         test = (ff.features.to(torch.float32), y)
     pipe = DFZSL(cfg, cache_dir=out / "cache", device=device, progress=not args.no_progress)
     pipe.check_inputs(weight, names, seen, tower, text_features)
 
     out.mkdir(parents=True, exist_ok=True)
-    setup_logging(out, args.log_level)
+    with log_to(out, args.log_level):
+        return _fit_and_report(args, cfg, pipe, out, names, weight, seen, tower, text_features,
+                               test)
+
+
+def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text_features,
+                    test) -> int:
+    from ..evaluation import (
+        build_metrics,
+        evaluate_head,
+        plot_feature_projection,
+        write_evaluation,
+    )
+    from ..io import save_json
+    from ..pipeline.dfzsl import zero_shot_classifier
+
     save_json(out / "config.json", cfg.to_dict())
     t0 = time.perf_counter()
     res = pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features,

@@ -21,6 +21,8 @@ example:
 _DTYPES = ("float32", "float64", "bfloat16", "float16")
 _ITEMSIZE = {"float32": 4, "float64": 8, "bfloat16": 2, "float16": 2}
 
+__all__ = ["add", "run"]
+
 
 def add(sub: Any) -> None:
     s = sub.add_parser(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -152,6 +153,7 @@ def check(rc: int, err: str, root: Path) -> None:
         assert len(lines) == 1, err
         assert len([ln for ln in err.splitlines() if ": error:" in ln]) == 1, err
     assert not leftovers(root), leftovers(root)
+    assert not logging.getLogger("dfzsl_fast").handlers  # in-process: logging restored
 
 
 # ------------------------------------------------------------------------------------------
