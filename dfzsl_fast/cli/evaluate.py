@@ -86,7 +86,10 @@ def run(args: argparse.Namespace) -> int:
                                  device=device)
     ff = load_features(check_input_file(args.features, "--features"))
     if splits:
-        ff = ff.select(splits)
+        try:
+            ff = ff.select(splits)
+        except ValueError as exc:
+            raise UsageError(f"--split {args.split}: {exc}") from exc
         if len(ff) == 0:
             raise ValueError(f"--split {args.split}: no samples of these splits")
     names = meta["class_names"]
