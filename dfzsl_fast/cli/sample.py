@@ -82,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
     if args.output:
         out_path = check_output_file(args.output, "--output", overwrite=args.overwrite)
     n_total = args.classes * args.per_class
-    need = (n_total * (args.dim * _ITEMSIZE[args.dtype] + 8 + 8)  # samples, labels, w
-            + args.classes * args.dim * 8)
+    # samples, labels, w; means; the float64 check of one chunk (x, mu[labels], product)
+    need = (n_total * (args.dim * _ITEMSIZE[args.dtype] + 8 + 8) + args.classes * args.dim * 8
+            + 3 * min(n_total, args.chunk) * args.dim * 8)
     have = _memory_bytes(device)
     if have is not None and need > have:
         raise UsageError(
@@ -126,11 +127,15 @@ def run(args: argparse.Namespace) -> int:
     dt = time.perf_counter() - t0
     print(f"throughput: {n_total / max(dt, 1e-12) / 1e6:.3f} M samples/s ({dt:.3f} s)")
     failed = None
-    if n_total:
+    if n_total:  # in chunks: float64 copies of all samples would need 2-4x their memory
         mu_hat = torch.nn.functional.normalize(mu.double(), dim=1)
-        w = (out.double() * mu_hat[labels]).sum(1).cpu()
+        w = torch.empty(n_total, dtype=torch.float64)
+        norm_err = 0.0
+        for s in range(0, n_total, args.chunk):
+            xs = out[s : s + args.chunk].double()
+            w[s : s + xs.shape[0]] = (xs * mu_hat[labels[s : s + xs.shape[0]]]).sum(1).cpu()
+            norm_err = max(norm_err, float((xs.norm(dim=1) - 1).abs().max()))
         z = testing.mean_w_zscore(w, args.dim, kappa)
-        norm_err = float((out.double().norm(dim=1) - 1).abs().max())
         ok = abs(z) < 5 and norm_err < 1e-2
         print(f"check: mean mu^T x = {float(w.mean()):.6f}, exact A_d(kappa) = "
               f"{theory.vmf_mean_resultant_length(args.dim, kappa):.6f}, z = {z:+.2f} "
