@@ -36,6 +36,7 @@ __all__ = [
     "GeneratorConfig",
     "ClassifierConfig",
     "DFZSLConfig",
+    "ICISConfig",
     "CONFIGS",
     "GZSL_DATASETS",
     "BASE_TO_NEW_DATASETS",
@@ -296,6 +297,67 @@ class DFZSLConfig:
         except json.JSONDecodeError as exc:
             raise ValueError(f"{p}: not valid JSON ({exc})") from exc
         return cls.from_dict(data)
+
+
+@dataclass
+class ICISConfig:
+    """Image-free classifier injection (ICIS; `pipeline/icis.py`, `dfzsl-fast inject`).
+
+    The defaults are the paper's (CUB/SUN scripts): latent width 2048, up to 1000 epochs of
+    Adam at lr 1e-5 on batches of 16 rows, cosine row loss, the reference early-stopping slope
+    rule, L2-normalised descriptors, unseen descriptors in training (self-reconstruction only).
+
+    Attributes:
+        hidden: latent width H. epochs: maximum epochs. batch_size: rows per batch.
+        lr: Adam learning rate. loss: "cosine" or "mse" row loss.
+        early_stopping: the reference slope rule; slope_threshold: its threshold (None: 2e-3
+            for cosine, 2e-6 for mse).
+        normalize_descriptors: L2-normalise descriptor rows.
+        include_unseen: unseen descriptors join training (descriptor reconstruction only).
+        rescale: "none" (reference) or "seen_norm" (ours: new rows get the seen rows' mean
+            norm; for linear heads).
+        seed: seeds the init and the shuffling.
+    """
+
+    hidden: int = 2048
+    epochs: int = 1000
+    batch_size: int = 16
+    lr: float = 1e-5
+    loss: str = "cosine"
+    early_stopping: bool = True
+    slope_threshold: float | None = None
+    normalize_descriptors: bool = True
+    include_unseen: bool = True
+    rescale: str = "none"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "hidden", "epochs", "batch_size", "lr", "slope_threshold")
+        _nonneg(self, "seed")
+        if self.loss not in ("cosine", "mse"):
+            raise ValueError(f"ICISConfig.loss: 'cosine' or 'mse', got {self.loss!r}")
+        if self.rescale not in ("none", "seen_norm"):
+            raise ValueError(f"ICISConfig.rescale: 'none' or 'seen_norm', got {self.rescale!r}")
+
+    def fit_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `pipeline.icis.fit_icis` (every field but ``rescale``)."""
+        d = dataclasses.asdict(self)
+        d.pop("rescale")
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-compatible dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ICISConfig:
+        """Build from a dict; missing keys take defaults, unknown keys are an error.
+
+        Raises:
+            ValueError: an unknown key or a value that fails validation.
+            TypeError: a value of the wrong type (named).
+        """
+        return _from_dict(cls, data, "")
 
 
 # ------------------------------------------------------------------------------------------

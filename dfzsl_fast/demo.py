@@ -132,7 +132,7 @@ def run_demo(
         cache_dir: MiniLM embedding cache (default ~/.cache/dfzsl_fast/minilm).
         world: a prebuilt world (default: `demo_world(dataset, seed=seed)`).
     """
-    from .metrics import evaluate
+    from .evaluation import evaluate_head
     from .nn import ExtendedClassifier
     from .pipeline.dfzsl import DFZSL, zero_shot_classifier
     from .text.towers import MiniLMTextTower, ProjectedTextTower
@@ -141,9 +141,7 @@ def run_demo(
     if cache_dir is None:
         cache_dir = Path.home() / ".cache" / "dfzsl_fast" / "minilm"
     cfg = config if config is not None else demo_config(dataset, seed=seed)
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir) if out_dir is not None else None  # created when the results are written
 
     t0 = time.perf_counter()
     if world is None:
@@ -156,11 +154,19 @@ def run_demo(
     # DFZSL: from the teacher's weights and the class names only
     run = DFZSL(cfg, progress=progress)
     res = run.fit(world.teacher_weight, names, seen, text_tower=tower, eval_data=(x_te, y_te))
-    s_dfzsl = evaluate(res.classifier, x_te, y_te)
+    # every method is scored by dfzsl_fast.evaluation (one schema for metrics.json and the CSV)
+    seen_l, unseen_l = seen.tolist(), unseen.tolist()
+    scores: dict[str, tuple[dict, dict]] = {}
+
+    def score(name: str, clf) -> dict[str, Any]:
+        scores[name] = evaluate_head(clf, x_te, y_te, seen_l, unseen_l)
+        return {k: scores[name][0]["gzsl"][k] for k in "SUH"}
+
+    s_dfzsl = score("dfzsl", res.classifier)
 
     # zero-shot CLIP: the untuned text features
     zs = zero_shot_classifier(res.text_features, names, seen)
-    s_zs = evaluate(zs, x_te, y_te)
+    s_zs = score("zero_shot", zs)
 
     # ICIS: predict the new classes' rows of the teacher from the text features
     s_icis = None
@@ -181,14 +187,14 @@ def run_demo(
         icis_clf = ExtendedClassifier(lin.rows[inv], names, seen, scale=cfg.classifier.scale,
                                       center=lin.center,
                                       metadata={"method": "ICIS (ours: centred, linear map)"})
-        s_icis = evaluate(icis_clf, x_te, y_te)
+        s_icis = score("icis", icis_clf)
         if icis_published:  # the published autoencoders, labelled
             ext = icis_extend(head, T[seen], T[unseen], batch_size=20, epochs=300,
                               progress=progress, seed=seed)
             pub = ExtendedClassifier(ext.weight.detach()[inv], names, seen,
                                      scale=cfg.classifier.scale,
                                      metadata={"method": "ICIS (published)"})
-            s_icis_pub = evaluate(pub, x_te, y_te)
+            s_icis_pub = score("icis_published", pub)
         t_icis = time.perf_counter() - t0
 
     # new-class quality, measured directly: the generator's new-class feature means, and the
@@ -204,11 +210,11 @@ def run_demo(
         "world": {"classes": len(names), "seen": int(seen.numel()), "unseen": int(unseen.numel()),
                   "teacher_seen_acc": world.teacher_accuracy()},
         "selection": res.classifier.metadata.get("selection", "last epoch"),
-        "zero_shot": {k: s_zs[k] for k in "SUH"},
-        "dfzsl": {k: s_dfzsl[k] for k in "SUH"},
+        "zero_shot": s_zs,
+        "dfzsl": s_dfzsl,
         "dfzsl_paper_protocol_max_over_epochs": res.scores.get("paper_protocol_max_over_epochs"),
-        "icis": {k: s_icis[k] for k in "SUH"} if s_icis else None,
-        "icis_published": {k: s_icis_pub[k] for k in "SUH"} if s_icis_pub else None,
+        "icis": s_icis,
+        "icis_published": s_icis_pub,
         "prompt_tuning": res.prompt_tuning,
         "estimate": res.estimate.to_dict() if res.estimate is not None else None,
         "fell_back_to_zero_shot": res.fell_back,
@@ -218,29 +224,37 @@ def run_demo(
                       "total": time.perf_counter() - t_start},
     }
     if out is not None:
-        from .io import save_classifier, save_json
-
-        save_json(out / "metrics.json", summary)
-        save_json(out / "config.json", cfg.to_dict())
-        save_classifier(out / "classifier.safetensors", res.classifier)
-        from .report import write_per_class
-
-        per = {"zero_shot": s_zs, "dfzsl": s_dfzsl, **({"icis": s_icis} if s_icis else {}),
-               **({"icis_published": s_icis_pub} if s_icis_pub else {})}
-        write_per_class(out, names, seen, unseen, per)
-        if plots:
-            _plots(out, names, seen, unseen, s_dfzsl, res, x_te, y_te)
+        _write_results(out, summary, scores, cfg, res, names, seen_l, unseen_l, (x_te, y_te),
+                       plots=plots)
     return summary
 
 
-def _plots(out: Path, names, seen, unseen, s, res, x_te, y_te) -> None:
-    """plots/per_class_accuracy.png and plots/features_pca.png (skipped without matplotlib)."""
-    from .report import plot_features, plot_per_class
+def _write_results(out: Path, summary: dict[str, Any], scores: dict[str, tuple[dict, dict]],
+                   cfg: DFZSLConfig, res, names, seen, unseen, test, *, plots: bool) -> None:
+    """The results folder: metrics.json and per_class.csv (`dfzsl_fast.evaluation` schema:
+    DFZSL at the top level, the other methods as baselines), config.json,
+    classifier.safetensors, plots/ (skipped without matplotlib)."""
+    from .evaluation import build_metrics, plot_feature_projection, write_evaluation
+    from .io import save_classifier, save_json
 
-    if plot_per_class(out, names, seen, unseen, s,
-                      title="DFZSL per-class accuracy (simulated world)") is None:
-        return
-    plot_features(out, names, seen, unseen, {**res.features, "test": (x_te, y_te)})
+    main_scores, main_pc = scores["dfzsl"]
+    baselines = {k: v for k, v in scores.items() if k != "dfzsl"}
+    details = {k: summary[k] for k in ("dataset", "seed", "world", "prompt_tuning",
+                                       "fell_back_to_zero_shot", "new_class_prototypes",
+                                       "virtual_kept", "timings_s")}
+    metrics = build_metrics(
+        "demo", main_scores, baselines={k: v[0] for k, v in baselines.items()},
+        selection=summary["selection"], estimate=summary["estimate"],
+        paper_protocol_max_over_epochs=summary["dfzsl_paper_protocol_max_over_epochs"],
+        details=details, classifier_provenance=res.classifier.metadata,
+    )
+    write_evaluation(out, metrics, main_pc, names, seen,
+                     baselines_per_class={k: v[1] for k, v in baselines.items()}, plot=plots,
+                     plot_title="DFZSL per-class accuracy (simulated world)")
+    save_json(out / "config.json", cfg.to_dict())
+    save_classifier(out / "classifier.safetensors", res.classifier)
+    if plots:
+        plot_feature_projection(out, names, seen, unseen, {**res.features, "test": test})
 
 
 def format_summary(s: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
-"""`dfzsl-fast evaluate` and `dfzsl-fast inject`, run in-process through dfzsl_fast.cli.main."""
+"""`dfzsl-fast evaluate` and `dfzsl-fast inject`, run in-process through dfzsl_fast.cli.main;
+`dfzsl_fast.evaluation` (the one metrics schema) directly."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from dfzsl_fast import cli
+from dfzsl_fast.evaluation import evaluate_head, validate_results
 from dfzsl_fast.io import load_classifier, save_classifier, save_features
 from dfzsl_fast.metrics import base_to_new_scores, gzsl_scores, per_class_accuracy
 from dfzsl_fast.nn import CosineClassifier
@@ -58,10 +60,12 @@ def test_evaluate_gzsl_matches_metrics(files, capsys):
     for k in ("S", "U", "H", "n_seen", "n_unseen", "absent_seen", "absent_unseen"):
         assert m["gzsl"][k] == ref[k], k
     assert 0 < ref["H"] < 1  # a non-trivial case
-    assert m["protocol"] == "gzsl" and "base2new" not in m
-    assert m["num_samples"] == len(y) and m["num_classes"] == 6
+    assert m["protocol"] == "gzsl" and m["base2new"] is None and m["closed_set"] is None
+    assert m["n_test"] == len(y) and m["n_classes"] == 6
+    assert m["schema"] == "dfzsl_fast.metrics/v1" and m["command"] == "evaluate"
     assert m["inputs"]["classifier"] == str(clf)
-    assert m["classifier_provenance"]["clip_model"] == "tiny"
+    assert m["provenance"]["classifier"]["clip_model"] == "tiny"
+    assert validate_results(out) == m
     with open(out / "per_class.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     acc, cnt = per_class_accuracy(head.predict(x), y, classes=range(6), num_classes=6)
@@ -94,6 +98,7 @@ def test_evaluate_base2new_and_split(files, capsys):
     assert m["gzsl"]["H"] == gzsl_scores(head.predict(xs), ys, SEEN, UNSEEN)["H"]
     with open(out / "per_class.csv", newline="") as fh:
         assert "accuracy_within_block" in next(csv.reader(fh))
+    validate_results(out)
 
 
 def test_evaluate_linear_head_and_name_matching(tmp_path):
@@ -130,8 +135,7 @@ def test_evaluate_head_any_module():
     head = Shifted(torch.randn(6, 5, generator=g))
     y = torch.arange(6).repeat(5)
     x = head.weight.detach()[y] + torch.randn(30, 5, generator=g)
-    m, per_class = cli.evaluate_head(head, x, y, SEEN, UNSEEN, protocol="base2new",
-                                     batch_size=7)
+    m, per_class = evaluate_head(head, x, y, SEEN, UNSEEN, protocol="base2new", batch_size=7)
     with torch.no_grad():
         logits = head(x)
     ref = gzsl_scores(logits, y, SEEN, UNSEEN)
@@ -147,10 +151,10 @@ def test_evaluate_errors(files, capsys):
     err = capsys.readouterr().err
     assert err.startswith("dfzsl-fast evaluate: error:") and "missing.safetensors" in err
     save_features(tmp / "wide.npz", torch.randn(3, 5), [0, 1, 4])
-    assert _run("evaluate", "--classifier", clf, "--features", tmp / "wide.npz") == 2
+    assert _run("evaluate", "--classifier", clf, "--features", tmp / "wide.npz") == 1
     assert "width D = 16" in capsys.readouterr().err
     save_features(tmp / "other.npz", torch.randn(2, 16), [0, 1], class_names=["ant", "yak"])
-    assert _run("evaluate", "--classifier", clf, "--features", tmp / "other.npz") == 2
+    assert _run("evaluate", "--classifier", clf, "--features", tmp / "other.npz") == 1
     assert "yak" in capsys.readouterr().err
     with pytest.raises(FileNotFoundError):  # --debug shows the real exception
         _run("--debug", "evaluate", "--classifier", tmp / "nope", "--features", feats)
@@ -218,7 +222,7 @@ def test_inject_then_evaluate(tmp_path, capsys):
     np.save(tmp_path / "short.npy", att[:3].numpy())
     rc = _run("inject", "--classifier", clf, "--base-descriptors", tmp_path / "short.npy",
               "--new-descriptors", tmp_path / "att_new.pt", "--out", tmp_path / "z.safetensors")
-    assert rc == 2 and "3 rows but the classifier has 6" in capsys.readouterr().err
+    assert rc == 1 and "3 rows but the classifier has 6" in capsys.readouterr().err
     np.save(tmp_path / "nonames.npy", att[n_base:].numpy())
     rc = _run("inject", "--classifier", clf, "--base-descriptors", tmp_path / "att_base.npy",
               "--new-descriptors", tmp_path / "nonames.npy", "--out", tmp_path / "z.safetensors")
@@ -251,3 +255,85 @@ def test_help(cmd, capsys):
     assert f"dfzsl-fast {cmd}" in text
     if cmd not in ("info",):
         assert "example:" in text
+
+
+def test_inject_settings_via_set_and_bad_values(tmp_path, capsys):
+    """`inject --set KEY=VALUE` on ICISConfig; bad values fail before any output exists."""
+    lin = nn.Linear(5, 3)
+    clf = save_classifier(tmp_path / "lin.safetensors", lin, class_names=["a", "b", "c"])
+    np.save(tmp_path / "a.npy", np.random.rand(3, 4))
+    np.save(tmp_path / "n.npy", np.random.rand(2, 4))
+    base = ["inject", "--classifier", clf, "--base-descriptors", tmp_path / "a.npy",
+            "--new-descriptors", tmp_path / "n.npy", "--new-names", "d", "e", "--no-progress"]
+    out = tmp_path / "sub" / "o.safetensors"
+    assert _run(*base, "--out", out, "--epochs", "5", "--set", "hidden=8",
+                "--set", "epochs=2", "--set", "early_stopping=false") == 0
+    icis = load_classifier(out)[1]["provenance"]["icis"]
+    assert (icis["hidden"], icis["epochs"], icis["early_stopping"]) == (8, 2, False)
+    assert icis["epochs_run"] == 2
+    capsys.readouterr()
+    for bad, words in ((["--epochs", "0"], "--epochs"), (["--set", "epochs=0"], "epochs"),
+                       (["--set", "hidden=x"], "hidden"), (["--set", "hiden=3"], "hiden"),
+                       (["--set", "hidden"], "KEY=VALUE"), (["--lr", "nan"], "--lr"),
+                       (["--set", "hidden=100000000"], "hidden")):
+        out2 = tmp_path / "new" / "o.safetensors"
+        assert _run(*base, "--out", out2, *bad) == 2, bad
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("dfzsl-fast inject: error:"), err
+        assert words in err and not (tmp_path / "new").exists()
+
+
+def test_evaluate_closed_set_head(tmp_path):
+    lin = nn.Linear(4, 3)
+    clf = save_classifier(tmp_path / "c.safetensors", lin, class_names=["a", "b", "c"])
+    feats = save_features(tmp_path / "f.npz", torch.randn(9, 4), [0, 1, 2] * 3)
+    assert _run("evaluate", "--classifier", clf, "--features", feats, "--out", tmp_path / "e",
+                "--no-plot") == 0
+    m = validate_results(tmp_path / "e")
+    assert m["gzsl"] is None and 0 <= m["closed_set"]["accuracy"] <= 1
+
+
+def test_validate_metrics_rejects_schema_violations(files):
+    """The validator shared by run, demo and evaluate catches a drifting writer."""
+    import copy
+
+    from dfzsl_fast.evaluation import build_metrics, validate_metrics
+
+    _, head, x, y, _, _ = files
+    scores, _ = evaluate_head(head, x, y, SEEN, UNSEEN)
+    m = build_metrics("evaluate", scores, baselines={"zero_shot": scores})
+    validate_metrics(m)
+    breakages = [
+        lambda d: d.update(schema="v0"),
+        lambda d: d.pop("gzsl"),
+        lambda d: d["gzsl"].update(S=1.5),
+        lambda d: d["gzsl"].update(H=None),
+        lambda d: d.update(closed_set={"accuracy": 0.5, "mean_per_class": 0.5}),
+        lambda d: d.update(base2new={"B": 0.1, "N": 0.1, "HM": 0.1}),
+        lambda d: d.update(n_test=-1),
+        lambda d: d["baselines"]["zero_shot"].pop("accuracy"),
+        lambda d: d.update(command="train"),
+    ]
+    for brk in breakages:
+        bad = copy.deepcopy(m)
+        brk(bad)
+        with pytest.raises(ValueError, match="metrics"):
+            validate_metrics(bad)
+
+
+def test_icis_extend_takes_an_icis_config():
+    from dfzsl_fast.config import ICISConfig
+    from dfzsl_fast.pipeline.icis import icis_extend
+
+    g = torch.Generator().manual_seed(3)
+    head = CosineClassifier(torch.randn(4, 6, generator=g), 10.0)
+    a_s, a_u = torch.randn(4, 5, generator=g), torch.randn(2, 5, generator=g)
+    cfg = ICISConfig(hidden=8, epochs=3, batch_size=2, lr=1e-3, seed=1)
+    a = icis_extend(head, a_s, a_u, cfg, progress=False)
+    b = icis_extend(head, a_s, a_u, hidden=8, epochs=3, batch_size=2, lr=1e-3, seed=1,
+                    progress=False)
+    assert torch.equal(a.weight, b.weight) and a.weight.shape == (6, 6)
+    with pytest.raises(TypeError, match="epochs"):
+        icis_extend(head, a_s, a_u, cfg, epochs=2)
+    with pytest.raises(ValueError, match="ICISConfig.hidden"):
+        ICISConfig(hidden=0)

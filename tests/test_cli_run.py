@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dfzsl_fast.cli import main
-from dfzsl_fast.cli_run import load_run_config
+from dfzsl_fast.cli import UsageError, main
+from dfzsl_fast.cli.run import load_run_config
+from dfzsl_fast.evaluation import validate_results
 
 C_ALL, C_S, D = 8, 5, 16
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,15 +48,19 @@ def test_run_writes_a_complete_run_folder_and_resumes(files):
     out = files / "run"
     assert main(_args(files, out)) == 0
     for name in ("config.json", "classifier.safetensors", "metrics.json", "per_class.csv",
-                 "log.txt"):
+                 "run.json", "log.txt"):
         assert (out / name).is_file(), name
     pytest.importorskip("matplotlib")
     for name in ("per_class_accuracy.png", "features_pca.png"):
         assert (out / "plots" / name).stat().st_size > 1000, name
-    m = json.loads((out / "metrics.json").read_text())
-    assert set(m["gzsl"]) == {"S", "U", "H"} and set(m["zero_shot"]) == {"S", "U", "H"}
-    assert m["prompt_tuning"].startswith("skipped")
-    assert m["cached_stages"] == []
+    m = validate_results(out)
+    assert m["command"] == "run" and m["n_test"] == C_ALL * 6
+    assert {"S", "U", "H"} <= set(m["gzsl"]) and {"S", "U", "H"} <= set(
+        m["baselines"]["zero_shot"]["gzsl"])
+    assert 0 < m["gzsl"]["H"] <= 1
+    assert m["details"]["prompt_tuning"].startswith("skipped")
+    assert m["details"]["cached_stages"] == []
+    assert json.loads((out / "run.json").read_text())["cached_stages"] == []
     from dfzsl_fast.io import load_extended
 
     clf = load_extended(out / "classifier.safetensors")
@@ -64,8 +69,8 @@ def test_run_writes_a_complete_run_folder_and_resumes(files):
     # a non-empty folder is refused; --resume reuses every cached stage
     assert main(_args(files, out)) == 2
     assert main(_args(files, out) + ["--resume"]) == 0
-    m2 = json.loads((out / "metrics.json").read_text())
-    assert m2["cached_stages"] == ["virtual", "generator"]
+    m2 = validate_results(out)
+    assert m2["details"]["cached_stages"] == ["virtual", "generator"]
     assert m2["gzsl"] == m["gzsl"]
 
 
@@ -78,7 +83,7 @@ def test_run_bad_inputs_fail_before_work(files, capsys):
     np.save(files / "text8.npy", np.zeros((C_ALL, 8), np.float32) + 1)
     bad = _args(files, files / "r2")
     bad[bad.index("--text-features") + 1] = str(files / "text8.npy")
-    assert main(bad) == 2
+    assert main(bad) == 1
     assert "width" in capsys.readouterr().err
     assert not (files / "r2").exists()
     assert main(_args(files, files / "r3") + ["--set", "generator.epochz=3"]) == 2
@@ -88,5 +93,7 @@ def test_run_bad_inputs_fail_before_work(files, capsys):
 def test_load_run_config_presets_and_overrides():
     cfg = load_run_config("awa2", ["generator.kind=\"vmf\"", "classifier.epochs=5"])
     assert cfg.name == "AWA2" and cfg.generator.kind == "vmf" and cfg.classifier.epochs == 5
-    with pytest.raises(ValueError, match="unknown dataset"):
+    with pytest.raises(UsageError, match="unknown dataset"):
         load_run_config("NOPE")
+    with pytest.raises(UsageError, match="classifier.epochs"):
+        load_run_config("awa2", ["classifier.epochs=\"x\""])

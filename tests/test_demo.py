@@ -29,8 +29,16 @@ def test_demo_on_a_held_out_world_beats_zero_shot(tmp_path):
     q = s["new_class_prototypes"]
     assert 0.0 <= q["synthesized_means"] <= 1.0 and 0.0 <= q["text_features"] <= 1.0
     # the results folder is complete and consistent
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["dfzsl"] == pytest.approx(s["dfzsl"])
+    from dfzsl_fast.evaluation import validate_results
+
+    m = validate_results(tmp_path)  # the schema shared with `run` and `evaluate`
+    assert m == json.loads((tmp_path / "metrics.json").read_text())
+    assert m["command"] == "demo" and m["n_classes"] == 32
+    assert {k: m["gzsl"][k] for k in "SUH"} == pytest.approx(s["dfzsl"])
+    assert {k: m["baselines"]["zero_shot"]["gzsl"][k] for k in "SUH"} == pytest.approx(
+        s["zero_shot"])
+    assert {k: m["baselines"]["icis"]["gzsl"][k] for k in "SUH"} == pytest.approx(s["icis"])
+    assert m["details"]["new_class_prototypes"]["generator"] == q["generator"]
     assert (tmp_path / "per_class.csv").read_text().count("\n") == 33  # header + 32 classes
     from dfzsl_fast.demo import demo_world
     from dfzsl_fast.io import load_extended

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ICISConfig
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ._progress import Progress
@@ -428,8 +429,9 @@ def icis_extend(
     head: Head,
     seen_descriptors: torch.Tensor,
     unseen_descriptors: torch.Tensor,
+    config: ICISConfig | None = None,
     *,
-    rescale: str = "none",
+    rescale: str | None = None,
     return_model: bool = False,
     **fit_kwargs,
 ) -> Head | tuple[Head, ICIS, ICISFitInfo]:
@@ -439,9 +441,13 @@ def icis_extend(
         head: the user's nn.Linear or CosineClassifier over the seen classes.
         seen_descriptors: (C_s, d_a), one per row of `head`, same order.
         unseen_descriptors: (C_u, d_a) descriptors of the new classes (rows C_s.. of the result).
-        rescale: see `inject`.
+        config: an `ICISConfig` (`dfzsl_fast.config`): all the knobs (hidden, epochs,
+            batch_size, lr, loss, early stopping, seed, rescale, ...) in one object. None: its
+            defaults, overridden by `rescale` and `fit_kwargs`.
+        rescale: see `inject` (default "none"); not with `config` (set `config.rescale`).
         return_model: also return the fitted model and its `ICISFitInfo`.
-        **fit_kwargs: passed to `fit_icis` (hidden, epochs, batch_size, lr, seed, ...).
+        **fit_kwargs: passed to `fit_icis` (progress, betas; without `config` also hidden,
+            epochs, batch_size, lr, seed, ...).
 
     Returns:
         The extended head (a new module), or (head, model, info).
@@ -450,6 +456,14 @@ def icis_extend(
         >>> extended = icis_extend(base_linear, att[seen], att[unseen], batch_size=20)
         >>> extended(x).argmax(1)           # over seen + new classes
     """
+    if config is not None:
+        both = sorted(set(fit_kwargs) & set(config.to_dict())) + (
+            ["rescale"] if rescale is not None else [])
+        if both:
+            raise TypeError(f"icis_extend: {both} given both in `config` and as arguments")
+        fit_kwargs = {**config.fit_kwargs(), **fit_kwargs}
+        rescale = config.rescale
+    rescale = "none" if rescale is None else rescale
     fit_kwargs = dict(fit_kwargs)
     fit_kwargs["return_info"] = True
     model, info = fit_icis(seen_descriptors, head, unseen_descriptors, **fit_kwargs)
