@@ -54,6 +54,7 @@ from typing import Any
 
 __all__ = [
     "SCHEMA",
+    "evaluate",
     "evaluate_head",
     "labels_in_class_space",
     "build_metrics",
@@ -131,8 +132,13 @@ def evaluate_head(
     w = head.weight
     C, D = w.shape
     dev = w.device
-    x = torch.as_tensor(features).to(device=dev, dtype=w.dtype)
-    y = torch.as_tensor(labels).long().to(dev)
+    x = torch.as_tensor(features)
+    y = torch.as_tensor(labels)
+    if not x.is_floating_point():
+        raise ValueError(f"features: expected a floating-point (N, {D}) tensor, got {x.dtype}")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise ValueError(f"labels: expected integer class indices, got {y.dtype}")
+    x, y = x.to(device=dev, dtype=w.dtype), y.long().to(dev)
     if x.dim() != 2 or x.shape[1] != D:
         raise ValueError(
             f"features have shape {tuple(x.shape)} but the classifier expects width D = {D}"
@@ -146,6 +152,9 @@ def evaluate_head(
             f"labels range over [{int(y.min())}, {int(y.max())}] but the classifier has {C} "
             "classes"
         )
+    bad = ~torch.isfinite(x).all(dim=1)
+    if bool(bad.any()):
+        raise ValueError(f"features: row {int(bad.nonzero()[0, 0])} has NaN or Inf")
     if normalize_features:
         x = F.normalize(x, dim=1)
     seen = torch.as_tensor(list(map(int, seen_classes)), dtype=torch.int64, device=dev)
@@ -240,6 +249,47 @@ def evaluate_head(
                                             num_classes=C)
             per_class["accuracy_within_block"] = a_blk.double().cpu()
     return out, per_class
+
+
+def evaluate(
+    clf: Any,
+    x: Any,
+    y: Any,
+    protocol: str = "gzsl",
+    seen_classes: Sequence[int] | Any | None = None,
+    unseen_classes: Sequence[int] | Any | None = None,
+) -> dict[str, Any]:
+    """The headline scores of a classifier: :func:`evaluate_head`, flattened.
+
+    Args:
+        clf: an ``ExtendedClassifier`` (its own split is used) or any head accepted by
+            :func:`evaluate_head` (then give the split).
+        x: (N, D) test features; y: (N,) int64 labels in the classifier's class indices.
+        protocol: "gzsl" or "base2new".
+        seen_classes, unseen_classes: default: the classifier's own split.
+
+    Returns:
+        ``{"protocol", "S", "U", "H"}`` (gzsl) or ``{"protocol", "B", "N", "HM"}`` (base2new),
+        fractions in [0, 1] (None where undefined, e.g. H without unseen test samples).
+    """
+    seen = getattr(clf, "seen_classes", None) if seen_classes is None else seen_classes
+    unseen = getattr(clf, "unseen_classes", None) if unseen_classes is None else unseen_classes
+    if seen is None or unseen is None:
+        raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
+    scores, _ = evaluate_head(clf, x, y, _index_list(seen), _index_list(unseen),
+                              protocol=protocol)
+    if protocol == "gzsl":
+        block = scores["gzsl"] or {"S": None, "U": None, "H": None}
+        return {"protocol": "gzsl", **{k: block[k] for k in ("S", "U", "H")}}
+    return {"protocol": "base2new", **{k: scores["base2new"][k] for k in ("B", "N", "HM")}}
+
+
+def _index_list(v: Any) -> list[int]:
+    import torch
+
+    if isinstance(v, torch.Tensor):
+        return [int(i) for i in v.flatten().tolist()]
+    return [int(i) for i in v]
 
 
 def labels_in_class_space(

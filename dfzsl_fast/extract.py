@@ -33,10 +33,8 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
-import sys
 import time
 import warnings
 import zipfile
@@ -46,7 +44,7 @@ from typing import Any
 
 import torch
 
-from .io import FeatureFile, load_names, provenance, save_features, sha256_file
+from .io import FeatureFile, provenance, save_features, sha256_file
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -54,10 +52,6 @@ __all__ = [
     "resolve_quick_gelu",
     "load_clip_image_model",
     "extract_image_features",
-    "add_arguments",
-    "run_from_args",
-    "build_parser",
-    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -464,95 +458,3 @@ def extract_image_features(
 # ------------------------------------------------------------------------------------------
 # command line
 # ------------------------------------------------------------------------------------------
-
-EXAMPLE = """\
-example:
-  %(prog)s data/cub/test --model ViT-B-16 --weights weights/ViT-B-16-openai.safetensors \\
-      --quick-gelu true --out features/cub_test.safetensors --split test
-
-  The folder holds one sub-folder per class (data/cub/test/<class>/<image>). Labels follow the
-  sorted folder names, or the order of --classes FILE (one folder name per line). The output
-  (.safetensors, .npz or .pt) holds features (N, D) float32 unnormalised, labels (N,),
-  class_names, paths and the model/weights metadata; read it with dfzsl_fast.io.load_features.
-"""
-
-
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the extraction options to ``p`` (shared by the script and ``dfzsl-fast``)."""
-    p.add_argument("root", help="image folder: root/<class name>/<images>")
-    p.add_argument("--out", required=True,
-                   help="output feature file (.safetensors, .npz or .pt), written atomically")
-    p.add_argument("--model", default="ViT-B-16",
-                   help="open_clip model name (default ViT-B-16; e.g. ViT-B-32, "
-                   "ViT-B-16-quickgelu)")
-    p.add_argument("--weights", default=None,
-                   help="local CLIP weights: a .safetensors/.bin/.pt file or a local-dir folder "
-                   "(nothing is downloaded)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="allow running without --weights, with random weights (tests only)")
-    p.add_argument("--quick-gelu", default="auto", choices=["auto", "true", "false"],
-                   help="QuickGELU activation: 'true' for OpenAI weights; 'auto' (default) "
-                   "turns it on for *-quickgelu names, TorchScript .pt files and file names "
-                   "containing 'openai'")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
-    p.add_argument("--num-workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="image-decoding worker processes (default min(4, CPUs))")
-    p.add_argument("--precision", default="fp32",
-                   help="open_clip precision: fp32 (default), fp16, bf16 (GPU)")
-    p.add_argument("--normalize", action="store_true",
-                   help="L2-normalise the features (default: raw, as DFZSL expects)")
-    p.add_argument("--classes", default=None,
-                   help="file with class folder names in label order (one per line or a JSON "
-                   "list); default: all sub-folders, sorted")
-    p.add_argument("--split", default=None, help="split name stored for every row, e.g. test")
-    p.add_argument("--model-config", default=None,
-                   help="extra open_clip model config JSON to register (its stem is the name)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run an extraction from parsed arguments (see :func:`add_arguments`); returns 0."""
-    if args.weights is None and not args.random_weights:
-        raise ValueError(
-            "--weights: give a local CLIP weights file (or --random-weights for a test run)"
-        )
-    classes = load_names(args.classes) if args.classes else None
-    ff = extract_image_features(
-        args.root, args.model, args.weights, quick_gelu=args.quick_gelu,
-        batch_size=args.batch_size, device=args.device, num_workers=args.num_workers,
-        normalize=args.normalize, precision=args.precision, classes=classes, split=args.split,
-        out=args.out, overwrite=args.overwrite, allow_random_weights=args.random_weights,
-        model_config=args.model_config, progress=not args.no_progress,
-    )
-    m = ff.metadata
-    print(
-        f"{len(ff)} images, {len(ff.class_names or [])} classes -> features "
-        f"{tuple(ff.features.shape)} float32{' (L2-normalised)' if args.normalize else ''}; "
-        f"model {m['model_name']}, "
-        f"QuickGELU {m['quick_gelu']}, {m['extract_seconds']:.1f} s"
-    )
-    print(f"saved to {ff.path}")
-    return 0
-
-
-def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Extract CLIP image features (open_clip, local weights) of an image folder.",
-        epilog=EXAMPLE,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    return add_arguments(p)
-
-
-def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
-    """Command-line entry point: parse ``argv``, extract, return the exit code (2 on errors)."""
-    args = build_parser(prog).parse_args(argv)
-    try:
-        return run_from_args(args)
-    except (FileNotFoundError, FileExistsError, ValueError, ImportError) as exc:
-        print(f"{build_parser(prog).prog}: error: {exc}", file=sys.stderr)
-        return 2

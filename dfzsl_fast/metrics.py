@@ -24,7 +24,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,7 +35,6 @@ __all__ = [
     "harmonic_mean",
     "gzsl_scores",
     "base_to_new_scores",
-    "evaluate",
 ]
 
 ArrayLike = Any  # torch.Tensor | np.ndarray | Sequence[int]
@@ -404,48 +403,3 @@ def new_class_quality(
     xu = torch.as_tensor(x).cpu()[m]
     return {"synthesized_means": prototype_accuracy(means, xu, yy[m], cls),
             "text_features": prototype_accuracy(T[cls], xu, yy[m], cls)}
-
-
-def evaluate(
-    clf: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    protocol: str = "gzsl",
-    seen_classes: Sequence[int] | torch.Tensor | None = None,
-    unseen_classes: Sequence[int] | torch.Tensor | None = None,
-) -> dict[str, Any]:
-    """Scores of a classifier on labelled test features.
-
-    Args:
-        clf: an `ExtendedClassifier` (or any module mapping (N, D) -> (N, C) logits, then give
-            the class split).
-        x: (N, D) test features; y: (N,) int64 labels in the classifier's class indices.
-        protocol: "gzsl" (per-class S, U, H over all classes) or "base2new" (sample-level B, N,
-            HM, each inside its own block).
-        seen_classes, unseen_classes: default: the classifier's own split.
-
-    Returns:
-        {"protocol", "S", "U", "H"} or {"protocol", "B", "N", "HM"}, plus per-class accuracies
-        for gzsl (float lists, NaN for classes without test samples).
-    """
-    seen = getattr(clf, "seen_classes", None) if seen_classes is None else seen_classes
-    unseen = getattr(clf, "unseen_classes", None) if unseen_classes is None else unseen_classes
-    if seen is None or unseen is None:
-        raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
-    with torch.no_grad():
-        chunks = range(0, x.shape[0], 65536)
-        logits = torch.cat([clf(x[s : s + 65536]).float().cpu() for s in chunks])
-    if protocol == "gzsl":
-        s = gzsl_scores(logits.argmax(1), y.cpu(), seen, unseen)
-        return {
-            "protocol": "gzsl",
-            "S": s["S"],
-            "U": s["U"],
-            "H": s["H"],
-            "per_class_seen": [float(v) for v in s["per_class_seen"]],
-            "per_class_unseen": [float(v) for v in s["per_class_unseen"]],
-        }
-    if protocol == "base2new":
-        s = base_to_new_scores(logits, y.cpu(), seen, unseen)
-        return {"protocol": "base2new", **{k: s[k] for k in ("B", "N", "HM")}}
-    raise ValueError(f"protocol: expected 'gzsl' or 'base2new', got {protocol!r}")

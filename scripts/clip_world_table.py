@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from dfzsl_fast.clip_world import build_clip_world, load_imagenet_text_head
 from dfzsl_fast.config import DFZSLConfig
 from dfzsl_fast.demo import demo_config
+from dfzsl_fast.evaluation import evaluate
 from dfzsl_fast.io import atomic_write
-from dfzsl_fast.metrics import evaluate, new_class_quality
+from dfzsl_fast.metrics import new_class_quality
 from dfzsl_fast.nn import ExtendedClassifier
 from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
 

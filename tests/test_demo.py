@@ -41,8 +41,8 @@ def test_demo_on_a_held_out_world_beats_zero_shot(tmp_path):
     assert m["details"]["new_class_prototypes"]["generator"] == q["generator"]
     assert (tmp_path / "per_class.csv").read_text().count("\n") == 33  # header + 32 classes
     from dfzsl_fast.demo import demo_world
+    from dfzsl_fast.evaluation import evaluate
     from dfzsl_fast.io import load_extended
-    from dfzsl_fast.metrics import evaluate
 
     clf = load_extended(tmp_path / "classifier.safetensors")
     w = demo_world("APY", seed=0, cache_dir=tmp_path / "minilm")

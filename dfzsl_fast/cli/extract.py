@@ -14,17 +14,26 @@ _SUFFIXES = (".safetensors", ".npz", ".pt", ".pth")
 
 __all__ = ["add", "run"]
 
+EXAMPLE = """\
+example:
+  %(prog)s data/cub/test --model ViT-B-16 --weights weights/ViT-B-16-openai.safetensors \\
+      --quick-gelu true --out features/cub_test.safetensors --split test
+
+  The folder holds one sub-folder per class (data/cub/test/<class>/<image>). Labels follow the
+  sorted folder names, or the order of --classes FILE (one folder name per line). The output
+  (.safetensors, .npz or .pt) holds features (N, D) float32 unnormalised, labels (N,),
+  class_names, paths and the model/weights metadata; read it with dfzsl_fast.io.load_features.
+"""
+
 
 def add(sub: Any) -> None:
-    from .. import extract  # light: open_clip is imported only when a model is built
-
     p = sub.add_parser(
         "extract-features",
         aliases=["extract"],
         help="CLIP image features of an image folder (open_clip, local weights) to a file",
         description="Extract unnormalised CLIP image features of root/<class>/<images> with "
         "open_clip and local weights; write them with labels, class names and paths.",
-        epilog=extract.EXAMPLE.replace("%(prog)s", "dfzsl-fast extract-features"),
+        epilog=EXAMPLE.replace("%(prog)s", "dfzsl-fast extract-features"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("root", help="image folder: root/<class name>/<images>")

@@ -20,7 +20,7 @@ training and at test time.
 Example:
     >>> clf = result.classifier                      # from DFZSL(cfg).fit(...)
     >>> pred = clf.predict(x_test)                   # (N,) indices into clf.class_names
-    >>> scores = evaluate(clf, x_test, y_test)       # dfzsl_fast.metrics.evaluate
+    >>> scores = evaluate(clf, x_test, y_test)       # dfzsl_fast.evaluation.evaluate
     >>> save_classifier("runs/awa2/classifier.safetensors", clf)   # dfzsl_fast.io
 """
 

@@ -17,7 +17,7 @@ Each stage is usable alone; every random step takes a seed.
 
 from __future__ import annotations
 
-from ..metrics import evaluate
+from ..evaluation import evaluate
 from ..nn import ExtendedClassifier
 from .classifier import logit_adjustment, train_final_classifier
 from .dfzsl import DFZSL, DFZSLResult, zero_shot_classifier

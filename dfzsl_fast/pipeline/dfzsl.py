@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from .._extension import _version
 from ..config import DFZSLConfig
 from ..data.classnames import check_classnames
+from ..evaluation import evaluate
 from ..hashing import fingerprint, mix_seed
-from ..metrics import evaluate
 from ..nn import ExtendedClassifier, project_out, text_center
 from ._cache import StageCache, stage_key
 from .classifier import train_final_classifier

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from dfzsl_fast.config import DFZSLConfig
+from dfzsl_fast.evaluation import evaluate
 from dfzsl_fast.io import load_extended, save_classifier
-from dfzsl_fast.metrics import evaluate
 from dfzsl_fast.nn import ExtendedClassifier
 from dfzsl_fast.pipeline.dfzsl import DFZSL, zero_shot_classifier
 
