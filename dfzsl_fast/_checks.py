@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["check_matrix", "check_int", "check_seed", "numeric_tensor"]
+__all__ = ["check_matrix", "check_int", "check_seed", "check_class_indices", "numeric_tensor"]
 
 
 def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
@@ -20,6 +20,8 @@ def check_matrix(t: Any, name: str, what: str = "(C, d)") -> torch.Tensor:
         raise TypeError(f"{name}: expected a {what} tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {t.dtype}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: a meta tensor holds no values")
     if t.dim() != 2:
         raise ValueError(f"{name}: expected shape {what}, got {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:
@@ -70,3 +72,28 @@ def numeric_tensor(x: Any, what: str, src: str) -> torch.Tensor:
     if a.dtype.kind not in "biuf":
         raise ValueError(f"{src}: `{what}` must be an array of real numbers, got dtype {a.dtype}")
     return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def check_class_indices(v: Any, name: str, C: int) -> torch.Tensor:
+    """(K,) int64 CPU tensor of distinct class indices in [0, C) from a 1-D sequence/tensor of
+    integers; TypeError (not integers) or ValueError (range, duplicates) naming ``name``."""
+    t = None
+    if not isinstance(v, (str, bytes, dict)) and v is not None:
+        try:
+            t = v.detach() if isinstance(v, torch.Tensor) else torch.as_tensor(v)
+        except (TypeError, ValueError, RuntimeError, OverflowError):
+            t = None
+    if t is None or t.device.type == "meta" or t.dim() != 1 or not (
+        t.numel() == 0 or (not t.is_floating_point() and not t.is_complex()
+                           and t.dtype != torch.bool)
+    ):
+        raise TypeError(f"{name}: expected a 1-D sequence of integer class indices")
+    t = t.to(torch.int64).cpu()
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
+        raise ValueError(
+            f"{name}: class indices must lie in [0, {C}), got range [{int(t.min())}, "
+            f"{int(t.max())}]"
+        )
+    if t.unique().numel() != t.numel():
+        raise ValueError(f"{name}: contains duplicate class indices")
+    return t

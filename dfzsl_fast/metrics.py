@@ -47,6 +47,8 @@ ArrayLike = Any  # torch.Tensor | np.ndarray | Sequence[int]
 
 def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"`{name}` is a meta tensor (it holds no values)")
         return x.detach()
     try:
         return torch.as_tensor(np.asarray(x))
@@ -61,7 +63,8 @@ def _as_labels(x: ArrayLike, name: str, device: torch.device | None = None) -> t
     if t.numel() == 0:
         t = t.long()  # an empty list arrives as float64
     if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
-        if t.dtype.is_floating_point and bool((t == t.round()).all()):
+        if (t.dtype.is_floating_point and bool((t == t.round()).all())
+                and float(t.abs().max()) < 2**53):
             t = t.long()
         else:
             raise TypeError(f"`{name}` must hold integer class indices, got dtype {t.dtype}")

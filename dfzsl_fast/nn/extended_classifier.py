@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_class_indices, check_matrix
 from ..ops import cosine as _ops
 from .cosine_classifier import CosineClassifier
 
@@ -40,9 +41,17 @@ __all__ = ["ExtendedClassifier", "project_out", "text_center"]
 
 
 def text_center(text_features: torch.Tensor) -> torch.Tensor:
-    """(D,) unit direction of the mean of the unit-normalised class text features (C, D)."""
-    m = F.normalize(text_features.detach().float(), dim=1).mean(0)
-    return m / m.norm().clamp_min(1e-12)
+    """(D,) unit direction of the mean of the unit-normalised class text features (C, D).
+
+    Raises:
+        TypeError / ValueError: not a non-empty (C, D) float tensor with finite, non-zero rows,
+            or rows whose directions cancel (no mean direction).
+    """
+    t = check_matrix(text_features, "text_features", "(C, D)")
+    m = F.normalize(t.float(), dim=1).mean(0)
+    if float(m.norm()) < 1e-6:
+        raise ValueError("text_features: the row directions cancel; there is no mean direction")
+    return m / m.norm()
 
 
 def project_out(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
@@ -51,6 +60,10 @@ def project_out(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
     ``center=None`` (the published, uncentred frame) returns ``x`` unchanged."""
     if center is None:
         return x
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 2:
+        raise TypeError("x: expected an (N, D) floating-point tensor")
+    if not isinstance(center, torch.Tensor) or center.shape != (x.shape[1],):
+        raise ValueError(f"center: expected a ({x.shape[1]},) tensor matching x's width")
     c = center.to(dtype=x.dtype, device=x.device)
     # an elementwise product and a row sum, not a BLAS matrix-vector product: BLAS results can
     # depend on the buffers' alignment, and a cached stage must reproduce a fresh one bitwise
@@ -94,11 +107,7 @@ class ExtendedClassifier(nn.Module):
             raise ValueError(f"class_names: {len(names)} names for {C} weight rows")
         if not bool(torch.isfinite(weight).all()):
             raise ValueError("weight: contains NaN or Inf")
-        seen = torch.as_tensor(seen_classes, dtype=torch.int64).flatten().cpu()
-        if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= C):
-            raise ValueError(f"seen_classes: expected indices in [0, {C})")
-        if seen.unique().numel() != seen.numel():
-            raise ValueError("seen_classes: has duplicates")
+        seen = check_class_indices(seen_classes, "seen_classes", C)
         mask = torch.zeros(C, dtype=torch.bool)
         mask[seen] = True
         self.weight = nn.Parameter(weight.detach().clone(), requires_grad=False)

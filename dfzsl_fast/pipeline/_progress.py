@@ -31,6 +31,8 @@ class Progress:
     def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
         self.total = max(int(total), 0)
         self.desc = desc
+        if not isinstance(enabled, (bool, int)) or isinstance(enabled, float):
+            raise TypeError(f"progress: expected True or False, got {type(enabled).__name__}")
         self.enabled = bool(enabled)
         self.n = 0
         self._bar = None

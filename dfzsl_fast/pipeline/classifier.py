@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_class_indices
 from ..config import ClassifierConfig
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
@@ -28,24 +29,9 @@ from ._progress import Progress
 __all__ = ["logit_adjustment", "train_final_classifier"]
 
 
-def _index_tensor(v, name: str, C: int) -> torch.Tensor:
-    t = torch.as_tensor(v)
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:
-        raise TypeError(f"{name}: expected a 1-D sequence of integer class indices")
-    t = t.to(torch.int64).cpu()
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= C):
-        raise ValueError(
-            f"{name}: class indices must lie in [0, {C}), got range "
-            f"[{int(t.min())}, {int(t.max())}]"
-        )
-    if t.unique().numel() != t.numel():
-        raise ValueError(f"{name}: contains duplicate class indices")
-    return t
-
-
 def _groups(seen_classes, unseen_classes, C: int) -> tuple[torch.Tensor, torch.Tensor]:
-    seen = _index_tensor(seen_classes, "seen_classes", C)
-    unseen = _index_tensor(unseen_classes, "unseen_classes", C)
+    seen = check_class_indices(seen_classes, "seen_classes", C)
+    unseen = check_class_indices(unseen_classes, "unseen_classes", C)
     if seen.numel() == 0:
         raise ValueError("seen_classes: expected at least one seen class")
     both = torch.cat([seen, unseen])
@@ -93,7 +79,9 @@ def logit_adjustment(
     ratio = float(ratio)
     if not math.isfinite(ratio) or ratio <= 0:
         raise ValueError(f"ratio: expected a finite number > 0, got {ratio}")
-    y = torch.as_tensor(labels).cpu()
+    if not isinstance(labels, torch.Tensor) or labels.device.type == "meta":
+        raise TypeError("labels: expected an (N,) int64 tensor with values (not meta)")
+    y = labels.cpu()
     if y.dtype != torch.int64 or y.dim() != 1:
         raise TypeError("labels: expected an (N,) int64 tensor")
     counts = torch.bincount(y, minlength=C).double()

@@ -23,12 +23,14 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_matrix
 from ..hashing import seeded_generator
 
 __all__ = ["TextMap", "fit_text_map", "LAMBDAS"]
@@ -79,11 +81,16 @@ def fit_text_map(
     Raises:
         ValueError: shapes differ, non-finite values, no candidate lam.
     """
-    if text.dim() != 2 or text.shape != targets.shape:
+    text = check_matrix(text, "text", "(C_s, D)")
+    targets = check_matrix(targets, "targets", "(C_s, D)")
+    if text.shape != targets.shape:
         raise ValueError(f"text and targets: expected two (C_s, D) tensors of one shape, got "
                          f"{tuple(text.shape)} and {tuple(targets.shape)}")
-    lams = [float(v) for v in lambdas]
-    if not lams or any(not (v > 0) for v in lams):
+    try:
+        lams = [float(v) for v in lambdas]
+    except (TypeError, ValueError):
+        raise TypeError(f"lambdas: expected a sequence of numbers, got {lambdas!r}") from None
+    if not lams or any(not (0 < v < math.inf) for v in lams):
         raise ValueError(f"lambdas: expected positive values, got {list(lambdas)}")
     X = F.normalize(text.detach().to(torch.float64), dim=1)
     Y = F.normalize(targets.detach().to(torch.float64), dim=1)

@@ -173,6 +173,7 @@ def default_kappa(
 
     A thin wrapper of `dfzsl_fast.kappa_from_prototypes(text_features, shared=shared)`.
     """
+    text_features = check_matrix(text_features, "text_features", "(C_s, d)")
     k = kappa_from_prototypes(
         _check_features(text_features, "text_features"), shared=shared, multiplier=multiplier
     )
@@ -339,14 +340,24 @@ def fit_vmf_means(
 
 
 # ------------------------------------------------------------------------------- sampling
+_MAX_ROWS = 2**31 - 1  # rows of one call: int32 indexing in the kernels, and far beyond memory
+
+
 def _labels_for(num_per_class, C: int, order: str, device) -> torch.Tensor:
     if isinstance(num_per_class, bool):
         raise TypeError("num_per_class: expected an int or (C,) integer counts, got bool")
     if isinstance(num_per_class, int):
+        if not 0 <= num_per_class <= _MAX_ROWS:
+            raise ValueError(f"num_per_class: expected an int in [1, {_MAX_ROWS}], got "
+                             f"{num_per_class}")
         counts = torch.full((C,), num_per_class, dtype=torch.int64)
     else:
-        counts = torch.as_tensor(num_per_class)
-        if counts.dtype.is_floating_point or counts.dtype == torch.bool:
+        try:
+            counts = torch.as_tensor(num_per_class)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError("num_per_class: expected an int or (C,) integer counts, got "
+                            f"{type(num_per_class).__name__}") from None
+        if counts.dtype.is_floating_point or counts.is_complex() or counts.dtype == torch.bool:
             raise TypeError(f"num_per_class: expected integer counts, got dtype {counts.dtype}")
         if counts.shape != (C,):
             raise ValueError(
@@ -358,6 +369,9 @@ def _labels_for(num_per_class, C: int, order: str, device) -> torch.Tensor:
         raise ValueError(
             f"num_per_class: every class needs >= 1 sample; class {c} asks {int(counts[c])}"
         )
+    if int(counts.sum()) > _MAX_ROWS:
+        raise ValueError(f"num_per_class: {int(counts.sum())} samples in all; at most "
+                         f"{_MAX_ROWS} per call (draw in chunks)")
     lab = torch.repeat_interleave(torch.arange(C), counts)
     if order == "round_robin":
         # rows ordered [class 0..C-1] x rounds, as the reference's `num` rounds of one sample
