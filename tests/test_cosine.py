@@ -9,7 +9,8 @@ import torch.nn.functional as F
 import dfzsl_fast
 from dfzsl_fast import _backend, _extension, testing
 from dfzsl_fast.nn import CosineClassifier
-from dfzsl_fast.ops import cosine as ops
+from dfzsl_fast.ops import cosine as ops  # noqa: F401
+from dfzsl_fast.reference import cosine_chunked as kern
 from dfzsl_fast.reference import cosine as ref
 
 # (N, C, d): odd sizes, C = 1, N = 0
@@ -262,12 +263,12 @@ def test_chunking_gives_identical_results_and_is_used(monkeypatch):
         return out
 
     calls = []
-    monkeypatch.setattr(ops, "_chunk_hook", lambda op, a, b: calls.append((op, a, b)))
+    monkeypatch.setattr(kern, "_chunk_hook", lambda op, a, b: calls.append((op, a, b)))
     big = run_all()
     assert all(b - a == 50 for _, a, b in calls)  # one chunk at the default size
     calls.clear()
-    monkeypatch.setattr(ops, "CHUNK_BYTES", 4 * 7 * 8)  # 8 rows a chunk
-    assert ops.chunk_rows(7) == 8
+    monkeypatch.setattr(kern, "CHUNK_BYTES", 4 * 7 * 8)  # 8 rows a chunk
+    assert kern.chunk_rows(7) == 8
     small = run_all()
     for a, b in zip(big, small):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
@@ -283,11 +284,11 @@ def test_chunking_gives_identical_results_and_is_used(monkeypatch):
 
 def test_default_chunk_bounds_logits_bytes():
     for C in (1, 200, 1000, 10000, 100000):
-        r = ops.chunk_rows(C)
-        assert r >= 1 and (r * C * 4 <= ops.CHUNK_BYTES or r == 1)
-    assert ops.chunk_rows(1000) * 1000 * 4 <= 32 << 20
+        r = kern.chunk_rows(C)
+        assert r >= 1 and (r * C * 4 <= kern.CHUNK_BYTES or r == 1)
+    assert kern.chunk_rows(1000) * 1000 * 4 <= 32 << 20
     # N = 65536, C = 1000 -> several chunks, never the whole (N, C)
-    assert -(-65536 // ops.chunk_rows(1000)) > 1
+    assert -(-65536 // kern.chunk_rows(1000)) > 1
 
 
 # ------------------------------------------------------------------------------------- backends
@@ -421,10 +422,10 @@ def test_native_cosine_kernels_registered_and_routed():
 
 
 def test_native_path_never_runs_the_default_kernels(monkeypatch):
-    # The default kernels report every row chunk to ops._chunk_hook; the native ones never do.
+    # The default kernels report every row chunk to kern._chunk_hook; the native ones never do.
     need("native")
     calls = []
-    monkeypatch.setattr(ops, "_chunk_hook", lambda op, a, b: calls.append(op))
+    monkeypatch.setattr(kern, "_chunk_hook", lambda op, a, b: calls.append(op))
     x, w, t = make(40, 6, 8)
     wt = torch.randn(6, 8, dtype=torch.float64)
     for backend in ("native", None):  # explicit, and "auto"
@@ -508,16 +509,16 @@ def test_native_cross_entropy_op_matches_default_kernel(reduction, adjust, ls, d
     for cg in (False, True):
         args = (x, w, t, adj, 9.0, 1e-12, ls, reduction, cg)
         got = torch.ops.dfzsl_fast.cosine_cross_entropy(*args)
-        exp = ops._cosine_cross_entropy_default(*args)
+        exp = kern.cosine_cross_entropy(*args)
         for a, b in zip(got, exp):
             assert a.shape == b.shape and a.dtype == b.dtype
             torch.testing.assert_close(a, b, **tol, equal_nan=True)
     g = torch.rand(300, dtype=dtype)
-    lse = ops._cosine_cross_entropy_default(x, w, t, adj, 9.0, 1e-12, ls, 0, False)[1]
+    lse = kern.cosine_cross_entropy(x, w, t, adj, 9.0, 1e-12, ls, 0, False)[1]
     bargs = (g, x, w, t, adj, lse, 9.0, 1e-12, ls)
     for a, b in zip(
         torch.ops.dfzsl_fast.cosine_cross_entropy_backward(*bargs),
-        ops._cosine_cross_entropy_backward_default(*bargs),
+        kern.cosine_cross_entropy_backward(*bargs),
     ):
         torch.testing.assert_close(a, b, **tol)
 
@@ -542,25 +543,25 @@ def test_native_half_inputs_match_default_kernels(dtype):
     adj = torch.randn(9, dtype=torch.float32)
     tol = dict(rtol=1e-2, atol=1e-2)
     pairs = [
-        (torch.ops.dfzsl_fast.cosine_logits(x, w, 3.0, 1e-12), ops._cosine_logits_default(x, w, 3.0, 1e-12)),
+        (torch.ops.dfzsl_fast.cosine_logits(x, w, 3.0, 1e-12), kern.cosine_logits(x, w, 3.0, 1e-12)),
         (
             torch.ops.dfzsl_fast.cosine_logits_backward(torch.randn(70, 9).to(dtype), x, w, 3.0, 1e-12),
             None,
         ),
         (
             torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, adj, 3.0, 1e-12, 0.1, 1, True),
-            ops._cosine_cross_entropy_default(x, w, t, adj, 3.0, 1e-12, 0.1, 1, True),
+            kern.cosine_cross_entropy(x, w, t, adj, 3.0, 1e-12, 0.1, 1, True),
         ),
-        (torch.ops.dfzsl_fast.cosine_topk(x, w, 3, 3.0, 1e-12)[0], ops._cosine_topk_default(x, w, 3, 3.0, 1e-12)[0]),
+        (torch.ops.dfzsl_fast.cosine_topk(x, w, 3, 3.0, 1e-12)[0], kern.cosine_topk(x, w, 3, 3.0, 1e-12)[0]),
         (
             torch.ops.dfzsl_fast.cosine_logit_mse(x, w, wt, 3.0, 2.0, 1e-12, True),
-            ops._cosine_logit_mse_default(x, w, wt, 3.0, 2.0, 1e-12, True),
+            kern.cosine_logit_mse(x, w, wt, 3.0, 2.0, 1e-12, True),
         ),
     ]
     g = torch.randn(70, 9).to(dtype)
     pairs[1] = (
         torch.ops.dfzsl_fast.cosine_logits_backward(g, x, w, 3.0, 1e-12),
-        ops._cosine_logits_backward_default(g, x, w, 3.0, 1e-12),
+        kern.cosine_logits_backward(g, x, w, 3.0, 1e-12),
     )
     for got, exp in pairs:
         got = got if isinstance(got, (tuple, list)) else (got,)
@@ -579,7 +580,7 @@ def test_native_topk_ties_like_torch_topk(C, k):
     x[::3] = 0.0
     w[1::2] = w[0::2][: C // 2]  # class 2j+1 duplicates class 2j
     s, i = torch.ops.dfzsl_fast.cosine_topk(x, w, k, 2.0, 1e-12)
-    rs, ri = ops._cosine_topk_default(x, w, k, 2.0, 1e-12)
+    rs, ri = kern.cosine_topk(x, w, k, 2.0, 1e-12)
     torch.testing.assert_close(s, rs, rtol=1e-12, atol=1e-12)
     assert torch.equal(i[::3], ri[::3])  # exact zero logits: exactly torch's tie order
     torch.testing.assert_close(ref.cosine_logits(x, w, 2.0).gather(1, i), s, rtol=1e-12, atol=1e-12)
@@ -590,7 +591,7 @@ def test_native_topk_nan_is_largest():
     x, w, _ = make(4, 6, 3, grad=False)
     x[2, 0] = float("nan")
     s, i = torch.ops.dfzsl_fast.cosine_topk(x, w, 2, 1.0, 1e-12)
-    rs, ri = ops._cosine_topk_default(x, w, 2, 1.0, 1e-12)
+    rs, ri = kern.cosine_topk(x, w, 2, 1.0, 1e-12)
     torch.testing.assert_close(s, rs, equal_nan=True)
     assert torch.isnan(s[2]).all()
 
@@ -707,7 +708,7 @@ def test_native_extreme_logits_stay_finite():
     for dtype in (torch.float32, torch.float64):
         args = (x.to(dtype), w.to(dtype), t, adj.to(dtype), 1000.0, 1e-12, 0.0, 1, True)
         got = torch.ops.dfzsl_fast.cosine_cross_entropy(*args)
-        exp = ops._cosine_cross_entropy_default(*args)
+        exp = kern.cosine_cross_entropy(*args)
         for a, b in zip(got, exp):
             assert torch.isfinite(a).all()
             torch.testing.assert_close(a, b, **TOL[dtype])
