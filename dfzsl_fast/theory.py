@@ -214,7 +214,8 @@ def _recurrence_steps(d: int, x: np.ndarray) -> int:
         return 1
     nu = 0.5 * d
     xs = x[x > 0]
-    lin = _DAMPING / (2.0 * np.arcsinh((nu - 0.5) / xs))
+    with np.errstate(over="ignore"):  # subnormal x: the ratio is inf, the step count 0
+        lin = _DAMPING / (2.0 * np.arcsinh((nu - 0.5) / xs))
     quad = np.sqrt((nu - 1.0) ** 2 + _DAMPING * xs / _ASINH1) - (nu - 1.0) + _DAMPING / 1.76 + 1.0
     return int(math.ceil(float(np.max(np.minimum(lin, quad))))) + 1
 
