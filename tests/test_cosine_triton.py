@@ -308,12 +308,8 @@ def test_opcheck(requires_grad):
     ce_op = torch.ops.dfzsl_fast.cosine_cross_entropy_triton.default
     torch.library.opcheck(ce_op, (x, w, t, adj, SCALE, 1e-12, 0.1, 1, requires_grad))
     torch.library.opcheck(ce_op, (x, w, t, None, SCALE, 1e-12, 0.0, 0, False))
-    torch.library.opcheck(
-        torch.ops.dfzsl_fast.cosine_logits_triton.default, (x, w, SCALE, 1e-12)
-    )
-    torch.library.opcheck(
-        torch.ops.dfzsl_fast.cosine_topk_triton.default, (x, w, 3, SCALE, 1e-12)
-    )
+    torch.library.opcheck(torch.ops.dfzsl_fast.cosine_logits_triton.default, (x, w, SCALE, 1e-12))
+    torch.library.opcheck(torch.ops.dfzsl_fast.cosine_topk_triton.default, (x, w, 3, SCALE, 1e-12))
 
 
 # ------------------------------------------------------------------------------------ routing

@@ -77,7 +77,8 @@ def ce_setup(ctx, inputs, output):
         _hold_precomputed(ctx, grad_x, grad_w)
     else:
         ctx.set_materialize_grads(False)
-    # Inputs cost nothing to save; they serve a second backward (retain_graph) or compute_grad=False.
+    # Inputs cost nothing to save; they serve a second backward (retain_graph) or
+    # compute_grad=False.
     ctx.save_for_backward(x, w, target, adj if adj is not None else x.new_empty(0), lse)
     ctx.mark_non_differentiable(lse, grad_x, grad_w)
 

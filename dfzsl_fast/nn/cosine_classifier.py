@@ -134,13 +134,16 @@ class CosineClassifier(nn.Module):
         _checks.check_matrix(new_weights, "new_weights", "C_new")
         if new_weights.shape[1] != self.in_features:
             raise ValueError(
-                f"new_weights: expected d = {self.in_features}, got shape {tuple(new_weights.shape)}"
+                f"new_weights: expected d = {self.in_features}, "
+                f"got shape {tuple(new_weights.shape)}"
             )
         if new_weights.device.type == "meta" and self.weight.device.type != "meta":
             raise ValueError("new_weights: a meta tensor has no values")
         new = new_weights.detach().to(device=self.weight.device, dtype=self.weight.dtype)
         _check_finite(new, "new_weights")  # after the cast: a float64 1e300 is inf in float32
-        self.weight = nn.Parameter(torch.cat([self.weight.detach(), new], 0), requires_grad=self.learnable)
+        self.weight = nn.Parameter(
+            torch.cat([self.weight.detach(), new], 0), requires_grad=self.learnable
+        )
         return self
 
     @classmethod

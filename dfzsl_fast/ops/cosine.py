@@ -27,8 +27,10 @@ import torch
 from .. import _backend
 from ..autograd import cosine as ag
 from ..reference import cosine_chunked as kern
-from . import _checks
-from . import _library  # noqa: F401  (defines the schemas)
+from . import (
+    _checks,
+    _library,  # noqa: F401  (defines the schemas)
+)
 
 __all__ = ["cosine_logits", "cosine_cross_entropy", "cosine_topk", "cosine_logit_mse"]
 
@@ -161,7 +163,8 @@ def cosine_logits(
         w: (C, d) class weights, same dtype and device as x, C >= 1.
         scale: finite logit scale s; a scale whose logits or loss overflow x's dtype is an
             error.
-        eps: normalisation floor (> 0, at least about sqrt(tiny) of the dtype): rows are divided by max(|row|, eps) as in
+        eps: normalisation floor (> 0, at least about sqrt(tiny * d) of the compute dtype, so
+            that no row of norm >= eps underflows): rows are divided by max(|row|, eps) as in
             `torch.nn.functional.normalize` (a zero row gives zero logits).
         backend: "auto" (default), "native", "triton" or "torch" (see `dfzsl_fast._backend`).
             "triton" serves float32/float16/bfloat16 (CUDA, or CPU under TRITON_INTERPRET=1).
@@ -326,7 +329,8 @@ def cosine_logit_mse(
     Differentiable: in x (through the student logits) and w_student; w_teacher gets no gradient.
 
     Example:
-        >>> x, ws, wt = torch.randn(64, 512), torch.randn(50, 512, requires_grad=True), torch.randn(50, 512)
+        >>> x, wt = torch.randn(64, 512), torch.randn(50, 512)
+        >>> ws = torch.randn(50, 512, requires_grad=True)
         >>> dfzsl_fast.cosine_logit_mse(x, ws, wt, 16.0, 100.0).backward()
     """
     _check_flag(check_inputs, "check_inputs")

@@ -24,8 +24,10 @@ from .. import _backend
 from ..autograd import vmf as ag
 from ..autograd.vmf import vmf_backward
 from ..reference import vmf as ref
-from . import _checks
-from . import _library  # noqa: F401  (defines the schemas)
+from . import (
+    _checks,
+    _library,  # noqa: F401  (defines the schemas)
+)
 
 __all__ = ["sample_vmf", "vmf_backward", "WOOD_B_MODES", "MAX_STREAM"]
 

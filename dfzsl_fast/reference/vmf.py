@@ -84,7 +84,9 @@ def sample_w(kappa_rows: torch.Tensor, d: int, mode: int, gen: torch.Generator):
         b = k["b"][pending]
         D = 1.0 - (1.0 - b) * z
         if mode == 0:
-            lhs = m * ((1.0 - b) * (1.0 - 2.0 * z) / (2.0 * D) + torch.log1p(b) - LOG2 - torch.log(D))
+            lhs = m * (
+                (1.0 - b) * (1.0 - 2.0 * z) / (2.0 * D) + torch.log1p(b) - LOG2 - torch.log(D)
+            )
         else:
             t = 2.0 * k["a"][pending] * b / D
             lhs = m * torch.log(t) - t + k["delta"][pending]

@@ -65,7 +65,12 @@ def mu_rows(draw):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@given(mu=mu_rows(), kappa=st.floats(0.0, 1e7), n=st.integers(0, 40), seed=st.integers(0, 2**64))
+@given(
+    mu=mu_rows(),
+    kappa=st.one_of(st.floats(0.0, 1e7), st.sampled_from([5e-324, 1e-300, 1e300, 1.7e308])),
+    n=st.integers(0, 40),
+    seed=st.integers(0, 2**64),
+)
 def test_sample_unit_norm_any_magnitude(backend, mu, kappa, n, seed):
     res = outcome(
         lambda: dfzsl_fast.sample_vmf(mu, kappa, n_per_class=n, seed=seed, backend=backend), "mu"
