@@ -7,12 +7,14 @@ backends are available here and why not.
 
 from __future__ import annotations
 
-from . import _extension
+from . import (
+    _extension,  # noqa: F401  (loads _C and registers its kernels)
+    nn,
+)
 from ._backend import use_backend
-from ._extension import show_config
+from ._diagnostics import show_config
 from .ops.cosine import cosine_cross_entropy, cosine_logit_mse, cosine_logits, cosine_topk
 from .ops.vmf import sample_vmf
-from . import nn
 from .theory import (
     estimate_kappa,
     kappa_from_prototypes,

@@ -1,4 +1,5 @@
-"""`python -m dfzsl_fast`: versions, build facts and backend availability."""
+"""`python -m dfzsl_fast` (or `python -m dfzsl_fast info`): versions, build facts and backend
+availability per op; any other arguments go to the command line tool (dfzsl_fast.cli)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,6 @@ if len(sys.argv) > 1:
 
     sys.exit(main())
 
-from ._extension import show_config
+from ._diagnostics import show_config
 
 show_config()

@@ -1,22 +1,34 @@
-"""Loading of the native module `dfzsl_fast._C`, and the report of what this install can use.
+"""Loading of the native module `dfzsl_fast._C`, and registration of its kernels.
 
 Importing dfzsl_fast never fails because `_C` is missing, stale or broken: the failure is kept
-here, the pure-PyTorch reference kernels serve every op, and `show_config()` (also
-`python -m dfzsl_fast`) says why.
+in `load_error` (and given to the backend table), the pure-PyTorch reference kernels serve every
+op, and `show_config()` (`dfzsl_fast._diagnostics`, also `python -m dfzsl_fast info`) says why.
+This module only loads `_C`; the report lives in `_diagnostics`.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import platform
 import traceback
 from typing import Any
 
-__all__ = ["C", "load_error", "native_available", "build_info", "show_config", "config"]
+import torch
+
+from . import _backend
+from .ops import _library
+
+__all__ = ["C", "load_error", "native_available", "build_info"]
 
 C: Any = None
 load_error: str | None = None
+
+#: dtypes of mu (vmf_sample) or x (cosine ops) that the native kernels take, per device type.
+#: The cosine CPU kernels compute half inputs in float32; the CUDA sampler takes float32/float64.
+_NATIVE_DTYPES = {
+    "vmf_sample": (torch.float32, torch.float64),
+    "cosine": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+}
 
 
 def _load() -> None:
@@ -25,8 +37,6 @@ def _load() -> None:
         load_error = "disabled by DFZSL_DISABLE_EXT"
         return
     try:
-        import torch
-
         mod = importlib.import_module("dfzsl_fast._C")
         info = mod.build_info()
         built = info.get("torch_version", "")
@@ -45,6 +55,28 @@ def _load() -> None:
             traceback.print_exc()
 
 
+def _register() -> None:
+    """Fill the backend table with the kernels `_C` registered with the dispatcher."""
+    if C is None:
+        _backend.mark_unavailable("native", f"native extension not loaded ({load_error})")
+        return
+    with_cuda = bool(build_info().get("with_cuda"))
+    for op in _library.OPS:
+        devices, notes = {}, {}
+        dtypes = _NATIVE_DTYPES["vmf_sample" if op.startswith("vmf") else "cosine"]
+        for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
+            if torch._C._dispatch_has_kernel_for_dispatch_key(f"dfzsl_fast::{op}", key):
+                devices[dev] = dtypes
+            elif dev == "cuda" and not with_cuda:
+                notes[dev] = "_C was built without CUDA kernels"
+            else:
+                notes[dev] = f"_C has no {key} kernel for {op}"
+        if devices:
+            _backend.register(
+                op, "native", getattr(torch.ops.dfzsl_fast, op), devices=devices, notes=notes
+            )
+
+
 _load()
 
 
@@ -58,40 +90,8 @@ def build_info() -> dict:
     return dict(C.build_info()) if C is not None else {}
 
 
-def config() -> dict:
-    """Versions, build facts and backend availability, as a dict (see `show_config`)."""
-    import torch
-
-    from . import _backend, triton as dtriton
-
-    try:
-        import numpy
-        import scipy
-
-        np_v, sp_v = numpy.__version__, scipy.__version__
-    except ImportError:  # pragma: no cover
-        np_v = sp_v = None
-    cfg = {
-        "dfzsl_fast": _version(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "cuda_available": torch.cuda.is_available(),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "numpy": np_v,
-        "scipy": sp_v,
-        "triton": dtriton.TRITON_VERSION,
-        "triton_interpret": dtriton.INTERPRET,
-        "torch_threads": torch.get_num_threads(),
-        "native_loaded": C is not None,
-        "native_load_error": load_error,
-        "build_info": build_info(),
-        "backends": _backend.availability(),
-    }
-    return cfg
-
-
 def _version() -> str:
+    """The installed dfzsl_fast version (kept here for callers outside the kernel layer)."""
     try:
         from importlib.metadata import version
 
@@ -100,30 +100,14 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def show_config(file=None) -> None:
-    """Print versions, what `_C` was compiled with, and which backends work here and why not."""
-    import sys
+_register()
 
-    out = file or sys.stdout
-    cfg = config()
-    w = out.write
-    w(f"dfzsl_fast {cfg['dfzsl_fast']}  (python {cfg['python']})\n")
-    w(f"torch {cfg['torch']} (CUDA build: {cfg['torch_cuda'] or 'no'}), "
-      f"{cfg['torch_threads']} CPU threads\n")
-    w(f"GPU: {cfg['gpu'] or 'none visible'}\n")
-    w(f"numpy {cfg['numpy']}, scipy {cfg['scipy']}, triton {cfg['triton'] or 'not installed'}"
-      f"{' (TRITON_INTERPRET=1: kernels run on the CPU interpreter)' if cfg['triton_interpret'] else ''}\n")
-    if cfg["native_loaded"]:
-        bi = cfg["build_info"]
-        w("native extension dfzsl_fast._C: loaded\n")
-        w(f"  built for torch {bi.get('torch_version')}, CUDA kernels: "
-          f"{'yes (CUDA ' + bi.get('cuda_version', '') + ', archs ' + bi.get('cuda_archs', '') + ')' if bi.get('with_cuda') else 'no'}, "
-          f"OpenMP: {'yes' if bi.get('openmp') else 'no'}\n")
-        w(f"  compiler: {bi.get('compiler')}\n")
-    else:
-        w(f"native extension dfzsl_fast._C: NOT loaded ({cfg['native_load_error']})\n")
-    w("backends (device: status):\n")
-    for name, per_dev in cfg["backends"].items():
-        for dev, reasons in per_dev.items():
-            status = "available" if not reasons else "unavailable: " + "; ".join(reasons)
-            w(f"  {name:7s} {dev:4s}: {status}\n")
+
+def __getattr__(name: str):
+    # Temporary re-export for callers outside the kernel layer (dfzsl_fast/cli.py imports
+    # show_config from here): the report moved to dfzsl_fast._diagnostics. Loaded by name so that
+    # this loader does not import the report (which imports this loader). Remove once cli.py
+    # imports `from ._diagnostics import show_config`.
+    if name in ("show_config", "config"):
+        return getattr(importlib.import_module("dfzsl_fast._diagnostics"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

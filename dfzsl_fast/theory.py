@@ -53,6 +53,7 @@ rounding of arccos w itself, times the density).
 from __future__ import annotations
 
 import math
+import numbers
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -97,14 +98,42 @@ def _is_torch_tensor(x: Any) -> bool:
 
 
 def _to_float64(x: Any, name: str) -> tuple[np.ndarray, bool]:
-    """Converts a scalar, array-like or torch tensor to float64; returns (array, is_scalar)."""
+    """Converts a real scalar, array-like or torch tensor to float64; returns (array, is_scalar).
+
+    Complex, boolean, string and meta-tensor inputs are a TypeError naming the argument (NumPy
+    would silently drop an imaginary part or read True as 1).
+    """
     if _is_torch_tensor(x):
+        if x.device.type == "meta":
+            raise TypeError(f"`{name}` is a meta tensor, which has no values")
+        if x.is_complex() or x.dtype == _torch_bool():
+            raise TypeError(f"`{name}` must be real numbers, got a {x.dtype} tensor")
         x = x.detach().to("cpu").double().numpy()
+    if isinstance(x, (str, bytes)):
+        raise TypeError(f"`{name}` must be a real number or an array of real numbers, got {x!r}")
     try:
-        arr = np.asarray(x, dtype=np.float64)
+        raw = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"`{name}` must be a real number or an array of real numbers") from exc
+    if raw.dtype.kind in "cbUSV" or (
+        raw.dtype.kind == "O"
+        and any(isinstance(v, (complex, bool, np.bool_, str, bytes)) for v in raw.reshape(-1))
+    ):
+        raise TypeError(
+            f"`{name}` must be real numbers, got dtype {raw.dtype} (complex, bool and strings "
+            "are not accepted)"
+        )
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"`{name}` must be a real number or an array of real numbers") from exc
     return arr, arr.ndim == 0
+
+
+def _torch_bool() -> Any:
+    import torch
+
+    return torch.bool
 
 
 def _check_d(d: Any) -> int:
@@ -122,10 +151,18 @@ def _check_kappa(kappa: Any) -> tuple[np.ndarray, bool]:
     return arr, scalar
 
 
+#: Largest kappa of the functions that take one scalar kappa (the w density, its CDF and the
+#: reference-sampler moments): far beyond any sampler's use (w = 1 to float64 precision from
+#: kappa ~ 1e17 on), and small enough that their intermediate terms stay finite.
+KAPPA_MAX = 1e300
+
+
 def _check_scalar_kappa(kappa: Any) -> float:
     arr, scalar = _check_kappa(kappa)
     if not scalar:
         raise ValueError("`kappa` must be a scalar here")
+    if float(arr) > KAPPA_MAX:
+        raise ValueError(f"`kappa` must be <= {KAPPA_MAX:g} here, got {float(arr)!r}")
     return float(arr)
 
 
@@ -177,7 +214,8 @@ def _recurrence_steps(d: int, x: np.ndarray) -> int:
         return 1
     nu = 0.5 * d
     xs = x[x > 0]
-    lin = _DAMPING / (2.0 * np.arcsinh((nu - 0.5) / xs))
+    with np.errstate(over="ignore"):  # subnormal x: the ratio is inf, the step count 0
+        lin = _DAMPING / (2.0 * np.arcsinh((nu - 0.5) / xs))
     quad = np.sqrt((nu - 1.0) ** 2 + _DAMPING * xs / _ASINH1) - (nu - 1.0) + _DAMPING / 1.76 + 1.0
     return int(math.ceil(float(np.max(np.minimum(lin, quad))))) + 1
 
@@ -376,8 +414,16 @@ def kappa_from_prototypes(
         >>> kappa_from_prototypes(np.eye(3), shared=False)  # theta = pi/2 -> 144/pi^2
         array([14.59025044, 14.59025044, 14.59025044])
     """
-    if rule != "dfzsl":
+    if not isinstance(rule, str) or rule != "dfzsl":
         raise ValueError(f"unknown `rule` {rule!r}; supported: 'dfzsl'")
+    if not isinstance(shared, (bool, np.bool_)):
+        raise TypeError(f"`shared` must be True or False, got {shared!r}")
+    if _is_torch_tensor(multiplier) and multiplier.numel() == 1 and not multiplier.is_complex():
+        multiplier = multiplier.item()
+    if isinstance(multiplier, (bool, np.bool_)) or not isinstance(multiplier, numbers.Real):
+        raise TypeError(
+            f"`multiplier` must be a real number, got {type(multiplier).__name__} {multiplier!r}"
+        )
     mult = float(multiplier)
     if not math.isfinite(mult) or mult <= 0:
         raise ValueError(f"`multiplier` must be finite and > 0, got {multiplier!r}")
@@ -395,10 +441,14 @@ def kappa_from_prototypes(
     if not np.all(finite):
         i = int(np.flatnonzero(~finite)[0])
         raise ValueError(f"`mu` row {i} is not finite")
-    norms = np.linalg.norm(m, axis=1)
-    if np.any(norms == 0):
-        i = int(np.flatnonzero(norms == 0)[0])
+    # scale-safe normalisation: divide each row by its largest |entry| first, so that rows of
+    # norm 1e200 or 1e-200 neither overflow nor underflow (and are not misread as zero)
+    amax = np.max(np.abs(m), axis=1) if dim else np.zeros(c)
+    if np.any(amax == 0):
+        i = int(np.flatnonzero(amax == 0)[0])
         raise ValueError(f"`mu` row {i} is zero and cannot be normalised")
+    m = m / amax[:, None]
+    norms = np.linalg.norm(m, axis=1)
     u = m / norms[:, None]
     cos = np.clip(u @ u.T, -1.0, 1.0)
     np.fill_diagonal(cos, -np.inf)
@@ -638,7 +688,7 @@ def vmf_w_cdf(w: Any, d: int, kappa: Any) -> float | np.ndarray:
 
 def _reference_b(m: float, kappa: float) -> float:
     """s-vae/DFZSL envelope: b = s b_app + (1 - s) b_true, s = clip(kappa - 10, 0, 1)."""
-    b_true = m / (2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m * m))
+    b_true = m / (2.0 * kappa + math.hypot(2.0 * kappa, m))
     s = min(max(kappa - 10.0, 0.0), 1.0)
     if s == 0.0:
         return b_true
@@ -685,7 +735,7 @@ def reference_mode_w_moments(d: int, kappa: float) -> tuple[float, float]:
 def _reference_moments(d: int, kappa: float) -> tuple[float, float]:
     m = float(d - 1)
     b = _reference_b(m, kappa)
-    a = (m + 2.0 * kappa + math.sqrt(4.0 * kappa * kappa + m * m)) / 4.0
+    a = (m + 2.0 * kappa + math.hypot(2.0 * kappa, m)) / 4.0
     delta = 4.0 * a * b / (1.0 + b) - m * math.log(m)
 
     def log_ratio_t(t: Any) -> Any:

@@ -308,12 +308,8 @@ def test_opcheck(requires_grad):
     ce_op = torch.ops.dfzsl_fast.cosine_cross_entropy_triton.default
     torch.library.opcheck(ce_op, (x, w, t, adj, SCALE, 1e-12, 0.1, 1, requires_grad))
     torch.library.opcheck(ce_op, (x, w, t, None, SCALE, 1e-12, 0.0, 0, False))
-    torch.library.opcheck(
-        torch.ops.dfzsl_fast.cosine_logits_triton.default, (x, w, SCALE, 1e-12)
-    )
-    torch.library.opcheck(
-        torch.ops.dfzsl_fast.cosine_topk_triton.default, (x, w, 3, SCALE, 1e-12)
-    )
+    torch.library.opcheck(torch.ops.dfzsl_fast.cosine_logits_triton.default, (x, w, SCALE, 1e-12))
+    torch.library.opcheck(torch.ops.dfzsl_fast.cosine_topk_triton.default, (x, w, 3, SCALE, 1e-12))
 
 
 # ------------------------------------------------------------------------------------ routing
@@ -330,17 +326,15 @@ def test_routing():
         v, _ = dfzsl_fast.cosine_topk(x, w, 2, 2.0)
     close(v, ref.cosine_topk(x.double(), w.double(), 2, 2.0)[0])
     # auto never picks Triton for CPU tensors
-    extra = ops._triton_extra("cosine_cross_entropy", torch.float32)
-    assert ops._route(None, "cosine_cross_entropy", torch.device("cpu"), extra) != "triton"
+    cpu = torch.device("cpu")
+    assert _backend.resolve(None, "cosine_cross_entropy", cpu, torch.float32) != "triton"
     # auto on CUDA tensors without a native CUDA kernel picks Triton (float32, small k), not
     # for float64, k beyond the cap, or the MSE
     cuda = torch.device("cuda")
     if not _backend.native_reasons("cosine_cross_entropy", cuda):
         pytest.skip("a native CUDA kernel serves the cosine ops here")
-    assert ops._route(None, "cosine_cross_entropy", cuda, extra) == "triton"
-    f64 = ops._triton_extra("cosine_logits", torch.float64)
-    assert ops._route(None, "cosine_logits", cuda, f64) == "op"
-    big_k = ops._triton_extra("cosine_topk", torch.float32, tcos.MAX_TOPK + 1)
-    assert ops._route(None, "cosine_topk", cuda, big_k) == "op"
-    mse = ops._triton_extra("cosine_logit_mse", torch.float32)
-    assert ops._route(None, "cosine_logit_mse", cuda, mse) == "op"
+    assert _backend.resolve(None, "cosine_cross_entropy", cuda, torch.float32) == "triton"
+    assert _backend.resolve(None, "cosine_logits", cuda, torch.float64) == "torch"
+    big_k = tcos.MAX_TOPK + 1
+    assert _backend.resolve(None, "cosine_topk", cuda, torch.float32, k=big_k) == "torch"
+    assert _backend.resolve(None, "cosine_logit_mse", cuda, torch.float32) == "torch"

@@ -15,12 +15,16 @@ from dfzsl_fast import _extension, testing
 def test_native_kernels_registered_as_promised():
     if not _extension.native_available():
         if testing.require_native():
-            raise AssertionError(f"native extension required but not loaded: {_extension.load_error}")
+            raise AssertionError(
+                f"native extension required but not loaded: {_extension.load_error}"
+            )
         return
     info = _extension.build_info()
     for op in info["cpu_kernels"]:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"dfzsl_fast::{op}", "CPU"), op
-    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key("dfzsl_fast::vmf_sample", "CUDA")
+    has_cuda_kernel = torch._C._dispatch_has_kernel_for_dispatch_key(
+        "dfzsl_fast::vmf_sample", "CUDA"
+    )
     assert has_cuda_kernel == bool(info["with_cuda"])
     assert info["torch_version"].split(".")[:2] == torch.__version__.split(".")[:2]
 
@@ -28,7 +32,9 @@ def test_native_kernels_registered_as_promised():
 def _run(code: str, **env) -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e.update(env)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=e, timeout=300
+    )
 
 
 def test_import_and_sampling_without_extension():
@@ -77,9 +83,25 @@ def test_backend_env_and_context():
 def test_cli_sample_runs_and_checks(tmp_path):
     out = tmp_path / "s.pt"
     r = subprocess.run(
-        [sys.executable, "-m", "dfzsl_fast", "sample", "--classes", "5", "--per-class", "200",
-         "--dim", "32", "--kappa", "50", "--output", str(out)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "dfzsl_fast",
+            "sample",
+            "--classes",
+            "5",
+            "--per-class",
+            "200",
+            "--dim",
+            "32",
+            "--kappa",
+            "50",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr
     assert "PASS" in r.stdout and out.exists() and not (tmp_path / "s.pt.partial").exists()

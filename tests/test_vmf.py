@@ -38,7 +38,11 @@ def _w_of(x, mu, y):
 
 def _n_for(backend: str, d: int) -> int:
     # Enough samples for a sharp test, small enough for the reference on 2 cores.
-    return (20000 if backend == "native" else 6000) if d <= 512 else (12000 if backend == "native" else 4000)
+    return (
+        (20000 if backend == "native" else 6000)
+        if d <= 512
+        else (12000 if backend == "native" else 4000)
+    )
 
 
 # ------------------------------------------------------------------------------ mean resultant
@@ -53,7 +57,10 @@ def test_mean_cosine_matches_theory(backend, d, kappa):
     assert x.shape == (n, d) and x.dtype == torch.float32
     w = _w_of(x, mu, y)
     z = testing.mean_w_zscore(w, d, kappa)
-    assert abs(z) < Z_MAX, f"mean w {float(w.mean())} vs A_d = {theory.vmf_mean_resultant_length(d, kappa)} (z = {z:.2f})"
+    assert abs(z) < Z_MAX, (
+        f"mean w {float(w.mean())} vs A_d = {theory.vmf_mean_resultant_length(d, kappa)} "
+        f"(z = {z:.2f})"
+    )
     assert (x.double().norm(dim=1) - 1).abs().max() < 1e-5
 
 
@@ -78,12 +85,16 @@ def test_per_class_kappa_mixture(backend, d):
 
 # ------------------------------------------------------------------------- marginal and isotropy
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("d,kappa", [(3, 2.0), (64, 50.0), (512, 100.0), (512, 1000.0), (768, 1e4), (512, 1e6)])
+@pytest.mark.parametrize(
+    "d,kappa", [(3, 2.0), (64, 50.0), (512, 100.0), (512, 1000.0), (768, 1e4), (512, 1e6)]
+)
 def test_w_marginal_ks(backend, d, kappa):
     testing.skip_unless_available(backend, CPU)
     n = 8000 if backend == "native" else 3000
     mu = torch.randn(1, d)
-    x, y = dfzsl_fast.sample_vmf(mu, kappa, n_per_class=n, seed=3, backend=backend, dtype=torch.float64)
+    x, y = dfzsl_fast.sample_vmf(
+        mu, kappa, n_per_class=n, seed=3, backend=backend, dtype=torch.float64
+    )
     w = _w_of(x, mu, y).numpy()
     res = scipy.stats.kstest(w, lambda t: theory.vmf_w_cdf(t, d, kappa))
     assert res.pvalue > 1e-4, f"KS p = {res.pvalue:.2e}, D = {res.statistic:.4f}"
@@ -95,7 +106,9 @@ def test_tangent_isotropy(backend, d, kappa):
     testing.skip_unless_available(backend, CPU)
     n = 20000 if backend == "native" else 5000
     mu = _unit(torch.randn(1, d, dtype=torch.float64))
-    x, y = dfzsl_fast.sample_vmf(mu, kappa, n_per_class=n, seed=9, backend=backend, dtype=torch.float64)
+    x, y = dfzsl_fast.sample_vmf(
+        mu, kappa, n_per_class=n, seed=9, backend=backend, dtype=torch.float64
+    )
     w = (x @ mu[0]).unsqueeze(1)
     v = x - w * mu
     v = v / v.norm(dim=1, keepdim=True)
@@ -138,7 +151,9 @@ def test_reference_mode_reproduces_published_bias(backend, kappa):
     d = 512
     n = 20000 if backend == "native" else 6000
     mu = torch.randn(2, d)
-    x, y = dfzsl_fast.sample_vmf(mu, kappa, n_per_class=n // 2, seed=4, backend=backend, wood_b="reference")
+    x, y = dfzsl_fast.sample_vmf(
+        mu, kappa, n_per_class=n // 2, seed=4, backend=backend, wood_b="reference"
+    )
     w = _w_of(x, mu, y)
     mean, var = theory.reference_mode_w_moments(d, kappa)
     z = (float(w.mean()) - mean) / math.sqrt(var / n)
@@ -154,7 +169,9 @@ def test_reference_mode_equals_exact_for_small_kappa():
     # below kappa = 10 the published b equals Wood's, so the modes share their distribution
     testing.skip_unless_available("native", CPU)
     mu = torch.randn(1, 512)
-    a, _ = dfzsl_fast.sample_vmf(mu, 5.0, n_per_class=100, seed=1, wood_b="reference", backend="native")
+    a, _ = dfzsl_fast.sample_vmf(
+        mu, 5.0, n_per_class=100, seed=1, wood_b="reference", backend="native"
+    )
     b, _ = dfzsl_fast.sample_vmf(mu, 5.0, n_per_class=100, seed=1, wood_b="exact", backend="native")
     assert torch.allclose(a, b, atol=1e-6)
 
@@ -222,7 +239,9 @@ def test_out_and_dtypes(backend):
     assert x.data_ptr() == out.data_ptr()
     x2, _ = dfzsl_fast.sample_vmf(mu, 5.0, n_per_class=4, seed=1, backend=backend)
     assert torch.equal(out, x2)
-    h, _ = dfzsl_fast.sample_vmf(mu, 5.0, n_per_class=4, seed=1, dtype=torch.bfloat16, backend=backend)
+    h, _ = dfzsl_fast.sample_vmf(
+        mu, 5.0, n_per_class=4, seed=1, dtype=torch.bfloat16, backend=backend
+    )
     assert h.dtype == torch.bfloat16
     counts = torch.tensor([0, 2, 5])
     x3, y3 = dfzsl_fast.sample_vmf(mu, 5.0, n_per_class=counts, seed=1, backend=backend)
@@ -276,12 +295,21 @@ def test_gradient_flows_through_normalisation():
     x.sum().backward()
     assert mu.grad is not None and torch.isfinite(mu.grad).all()
     # the output is scale invariant in mu, so the gradient is orthogonal to each row
-    assert torch.allclose((mu.grad * mu.detach()).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(
+        (mu.grad * mu.detach()).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-10
+    )
 
 
 def test_opcheck():
     mu = _unit(torch.randn(3, 7))
-    args = (mu, torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64), torch.tensor([0, 1, 2, 2]), 5, 0, 0)
+    args = (
+        mu,
+        torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64),
+        torch.tensor([0, 1, 2, 2]),
+        5,
+        0,
+        0,
+    )
     torch.library.opcheck(torch.ops.dfzsl_fast.vmf_sample.default, args)
     torch.library.opcheck(
         torch.ops.dfzsl_fast.vmf_sample.default, (mu.double().requires_grad_(),) + args[1:]
@@ -304,7 +332,11 @@ def test_opcheck():
         ({"kappa": [1.0, 2.0, 3.0]}, ValueError, r"kappa: expected a scalar or shape \(2,\)"),
         ({"n_per_class": [1, 2, 3]}, ValueError, r"n_per_class: expected an int or shape \(2,\)"),
         ({"n_per_class": -1}, ValueError, "n_per_class: expected >= 0"),
-        ({"n_per_class": None, "labels": [0, 2]}, ValueError, r"labels: expected class indices in \[0, 2\)"),
+        (
+            {"n_per_class": None, "labels": [0, 2]},
+            ValueError,
+            r"labels: expected class indices in \[0, 2\)",
+        ),
         ({"n_per_class": None, "labels": [0.0, 1.0]}, TypeError, "labels: expected an integer"),
         ({"n_per_class": None, "labels": [[0, 1]]}, ValueError, r"labels: expected shape \(N,\)"),
         ({"labels": [0, 1]}, ValueError, "exactly one of n_per_class and labels"),

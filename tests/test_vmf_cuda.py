@@ -117,8 +117,9 @@ def test_public_api_cpu_equals_cuda_and_chunks_compose(d):
     mu = torch.randn(4, d)
     kappa = torch.tensor([0.0, 10.0, 300.0, 1e5])
     x_cpu, y_cpu = dfzsl_fast.sample_vmf(mu, kappa, n_per_class=50, seed=31, backend="native")
-    x_gpu, y_gpu = dfzsl_fast.sample_vmf(mu.to(CUDA), kappa.to(CUDA), n_per_class=50, seed=31,
-                                         backend="native")
+    x_gpu, y_gpu = dfzsl_fast.sample_vmf(
+        mu.to(CUDA), kappa.to(CUDA), n_per_class=50, seed=31, backend="native"
+    )
     assert x_gpu.device.type == "cuda" and torch.equal(y_gpu.cpu(), y_cpu)
     assert _max_abs(x_gpu.cpu(), x_cpu) < 1e-5
     # two chunks with matching offsets reproduce the single call bit for bit on the GPU
@@ -169,8 +170,13 @@ def test_mean_w_matches_theory(d, kappa):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_unit_norms(d, dtype):
     mu = torch.randn(10, d, dtype=dtype, device=CUDA)
-    x, _ = dfzsl_fast.sample_vmf(mu, torch.logspace(-2, 6, 10, dtype=torch.float64), n_per_class=100,
-                                 seed=3, backend="native")
+    x, _ = dfzsl_fast.sample_vmf(
+        mu,
+        torch.logspace(-2, 6, 10, dtype=torch.float64),
+        n_per_class=100,
+        seed=3,
+        backend="native",
+    )
     assert x.dtype == dtype and torch.isfinite(x).all()
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert float((x.double().norm(dim=1) - 1).abs().max()) < tol
@@ -200,8 +206,9 @@ def test_opcheck():
     x = torch.empty(n, d, device=CUDA)
     w = torch.empty(n, dtype=torch.float64, device=CUDA)
     q = torch.empty_like(w)
-    torch.library.opcheck(OP_OUT, (mu, k, lab, 1, 0, 0, x, w, q),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        OP_OUT, (mu, k, lab, 1, 0, 0, x, w, q), test_utils=("test_schema", "test_faketensor")
+    )
 
 
 def test_gradient_matches_cpu():
@@ -242,8 +249,14 @@ def test_input_errors():
     with pytest.raises(RuntimeError, match="vmf_sample: expected labels in"):
         OP(mu, k, torch.tensor([0, 2], device=CUDA), 0, 0, 0)
     with pytest.raises(RuntimeError, match="vmf_sample: expected finite kappa"):
-        OP(mu, torch.tensor([1.0, -1.0], dtype=torch.float64, device=CUDA),
-           torch.tensor([0, 1], device=CUDA), 0, 0, 0)
+        OP(
+            mu,
+            torch.tensor([1.0, -1.0], dtype=torch.float64, device=CUDA),
+            torch.tensor([0, 1], device=CUDA),
+            0,
+            0,
+            0,
+        )
     with pytest.raises(RuntimeError, match="vmf_sample: expected kappa float64"):
         OP(mu, k.float(), torch.tensor([0], device=CUDA), 0, 0, 0)
     with pytest.raises(RuntimeError, match="vmf_sample: expected mode"):
@@ -266,8 +279,10 @@ def test_throughput_smoke_1m_rows():
     torch.cuda.synchronize()
     ms = start.elapsed_time(end)
     assert x.shape == (C * n_per, d) and x.is_cuda
-    sub = x[:: 997]
+    sub = x[::997]
     assert torch.isfinite(sub).all()
     assert float((sub.double().norm(dim=1) - 1).abs().max()) < 1e-5
-    print(f"\nvmf_sample CUDA: {C * n_per} x {d} fp32 in {ms:.2f} ms "
-          f"({C * n_per / ms / 1e6:.3f} G samples/s, incl. Python-side checks)")
+    print(
+        f"\nvmf_sample CUDA: {C * n_per} x {d} fp32 in {ms:.2f} ms "
+        f"({C * n_per / ms / 1e6:.3f} G samples/s, incl. Python-side checks)"
+    )

@@ -1,7 +1,7 @@
 // CPU kernels of the fused cosine-classifier ops: dfzsl_fast::cosine_logits (+ _backward),
 // cosine_cross_entropy (+ _backward), cosine_topk and cosine_logit_mse. The contract (shapes,
 // dtypes, eps policy, reductions, what compute_grad returns) is that of the pure-PyTorch default
-// kernels in dfzsl_fast/ops/cosine.py; the row math is in csrc/include/dfzsl/cosine.h.
+// kernels in dfzsl_fast/reference/cosine_chunked.py; the row math is in csrc/include/dfzsl/cosine.h.
 //
 // Math: logits z = x_hat @ ws^T with x_hat = x / max(|x|, eps) (torch.nn.functional.normalize)
 // and ws = scale * w_hat precomputed once. For the cross-entropy (Liger-style, gradients in the

@@ -7,9 +7,21 @@ import math
 import torch
 from torch import nn
 
+from .. import _backend
+from ..ops import _checks
 from ..ops import cosine as _ops
 
 __all__ = ["CosineClassifier"]
+
+
+def _check_finite(t: torch.Tensor, name: str) -> None:
+    """NaN/Inf in weights is an error (one read; these are one-off calls, not the hot path)."""
+    if t.device.type == "meta" or _checks.is_tracing(t) or t.numel() == 0:
+        return
+    if not t.is_floating_point():
+        return
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name}: contains NaN or Inf")
 
 
 class CosineClassifier(nn.Module):
@@ -21,6 +33,11 @@ class CosineClassifier(nn.Module):
         learnable: whether `weight` is a trainable nn.Parameter (requires_grad); kept by `extend`.
         eps: normalisation floor, as in `torch.nn.functional.normalize`.
         backend: backend passed to every op (None: the usual routing).
+        check_inputs: passed to every op: NaN/Inf checks of the inputs (see `cosine_logits`).
+
+    Raises:
+        TypeError / ValueError naming the argument for non-float, non-2-D, empty, NaN/Inf
+        weights, a non-finite or overflowing scale, a bad eps or backend name.
 
     Differentiable: forward and loss in the input and (if learnable) the weights.
 
@@ -38,15 +55,29 @@ class CosineClassifier(nn.Module):
         learnable: bool = True,
         eps: float = 1e-12,
         backend: str | None = None,
+        *,
+        check_inputs: bool = True,
     ) -> None:
         super().__init__()
-        _ops._check_matrix(weights, "weights", "C")
+        _checks.check_matrix(weights, "weights", "C")
         if weights.shape[0] < 1:
             raise ValueError(f"weights: expected at least one class, got {tuple(weights.shape)}")
-        self.scale = _ops._check_float(scale, "scale")
-        self.eps = _ops._check_float(eps, "eps", low=0.0)
-        self.learnable = bool(learnable)
+        _check_finite(weights, "weights")
+        self.scale = _checks.check_scale(
+            scale, "scale", float(torch.finfo(weights.dtype).max) / 2, weights.dtype, "logits"
+        )
+        self.eps = _checks.check_eps(eps, weights.dtype, weights.shape[1])
+        if not isinstance(learnable, bool):
+            raise TypeError(f"learnable: expected True or False, got {type(learnable).__name__}")
+        if backend is not None:
+            _backend.requested(backend)  # a bad name fails here, not at the first forward
+        if not isinstance(check_inputs, bool):
+            raise TypeError(
+                f"check_inputs: expected True or False, got {type(check_inputs).__name__}"
+            )
+        self.learnable = learnable
         self.backend = backend
+        self.check_inputs = check_inputs
         self.weight = nn.Parameter(weights.detach().clone(), requires_grad=self.learnable)
 
     @property
@@ -65,7 +96,10 @@ class CosineClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, d) -> (N, C) cosine logits."""
-        return _ops.cosine_logits(x, self.weight, self.scale, self.eps, backend=self.backend)
+        return _ops.cosine_logits(
+            x, self.weight, self.scale, self.eps, backend=self.backend,
+            check_inputs=self.check_inputs,
+        )
 
     def loss(
         self,
@@ -78,13 +112,16 @@ class CosineClassifier(nn.Module):
         """Fused cross-entropy of the logits (never materialised); see `cosine_cross_entropy`."""
         return _ops.cosine_cross_entropy(
             x, self.weight, target, self.scale, logit_adjustment, reduction, label_smoothing,
-            self.eps, backend=self.backend,
+            self.eps, backend=self.backend, check_inputs=self.check_inputs,
         )
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, k: int = 1) -> torch.Tensor:
         """Predicted classes: (N,) int64 for k = 1, else (N, k) best first."""
-        _, idx = _ops.cosine_topk(x, self.weight, k, self.scale, self.eps, backend=self.backend)
+        _, idx = _ops.cosine_topk(
+            x, self.weight, k, self.scale, self.eps, backend=self.backend,
+            check_inputs=self.check_inputs,
+        )
         return idx[:, 0] if k == 1 else idx
 
     @torch.no_grad()
@@ -94,13 +131,19 @@ class CosineClassifier(nn.Module):
         The `weight` Parameter is replaced by a new one (same learnability): re-create the
         optimizer, or add the new parameter to it, afterwards.
         """
-        _ops._check_matrix(new_weights, "new_weights", "C_new")
+        _checks.check_matrix(new_weights, "new_weights", "C_new")
         if new_weights.shape[1] != self.in_features:
             raise ValueError(
-                f"new_weights: expected d = {self.in_features}, got shape {tuple(new_weights.shape)}"
+                f"new_weights: expected d = {self.in_features}, "
+                f"got shape {tuple(new_weights.shape)}"
             )
+        if new_weights.device.type == "meta" and self.weight.device.type != "meta":
+            raise ValueError("new_weights: a meta tensor has no values")
         new = new_weights.detach().to(device=self.weight.device, dtype=self.weight.dtype)
-        self.weight = nn.Parameter(torch.cat([self.weight.detach(), new], 0), requires_grad=self.learnable)
+        _check_finite(new, "new_weights")  # after the cast: a float64 1e300 is inf in float32
+        self.weight = nn.Parameter(
+            torch.cat([self.weight.detach(), new], 0), requires_grad=self.learnable
+        )
         return self
 
     @classmethod
@@ -119,12 +162,17 @@ class CosineClassifier(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear: expected an nn.Linear, got {type(linear).__name__}")
+        _check_finite(linear.weight, "linear.weight")
+        if linear.bias is not None:
+            _check_finite(linear.bias, "linear.bias")
         if linear.bias is not None and bool((linear.bias != 0).any()):
             raise ValueError(
                 "linear: has a nonzero bias; a cosine classifier has no bias "
                 "(fold it elsewhere or construct the head from the weights)"
             )
         w = linear.weight.detach()
+        if not w.is_floating_point():
+            raise TypeError(f"linear.weight: expected a floating-point tensor, got {w.dtype}")
         if scale is None:
             scale = float(w.double().norm(dim=1).mean()) if w.shape[0] else 1.0
             if not math.isfinite(scale) or scale == 0.0:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backend
+
 LIB = torch.library.Library("dfzsl_fast", "FRAGMENT")
 
 # x (N, d) in mu's dtype, w (N,) float64 = mu^T x, q (N,) float64 = (g^T mu)/|p| (for backward).
@@ -60,3 +62,17 @@ LIB.define(COSINE_CROSS_ENTROPY)
 LIB.define(COSINE_CROSS_ENTROPY_BACKWARD)
 LIB.define(COSINE_TOPK)
 LIB.define(COSINE_LOGIT_MSE)
+
+#: Every op of the library, forward ops first (the backend table is declared in this order).
+OPS = (
+    "vmf_sample",
+    "vmf_sample_out",
+    "cosine_logits",
+    "cosine_logits_backward",
+    "cosine_cross_entropy",
+    "cosine_cross_entropy_backward",
+    "cosine_topk",
+    "cosine_logit_mse",
+)
+for _op in OPS:
+    _backend.declare(_op, getattr(torch.ops.dfzsl_fast, _op))

@@ -83,7 +83,8 @@ def cosine_cross_entropy(
 def cosine_topk(
     x: torch.Tensor, w: torch.Tensor, k: int = 1, scale: float = 1.0, eps: float = 1e-12
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores (N, k), indices (N, k) int64): the k largest cosine logits of each row, descending."""
+    """(scores (N, k), indices (N, k) int64): the k largest cosine logits of each row,
+    descending."""
     return torch.topk(cosine_logits(x, w, scale, eps), k, dim=1, largest=True, sorted=True)
 
 

@@ -62,7 +62,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..ops import cosine as _ops
+from .. import _backend
+from ..autograd import cosine as ag
+from ..reference import cosine_chunked as _kern
+from . import devices as _devices
 from ._utils import cosine_blocks, dot_precision
 
 __all__ = [
@@ -566,7 +569,7 @@ def _cosine_logits_triton_fake(x, w, scale, eps):
     return x.new_empty(x.shape[0], w.shape[0])
 
 
-cosine_logits_triton.register_autograd(_ops._logits_backward, setup_context=_ops._logits_setup)
+cosine_logits_triton.register_autograd(ag.logits_backward, setup_context=ag.logits_setup)
 
 
 # --------------------------------------------------------------------- cosine_cross_entropy
@@ -654,8 +657,8 @@ def cosine_cross_entropy_triton(
                 )  # fmt: skip
         if with_grad:
             xh = x.to(torch.float32) * rx.unsqueeze(1)
-            grad_x = _ops._normalize_backward(gxh, xh, xd, xm)
-            grad_w = _ops._normalize_backward(g_wh, wh, wd, wm)
+            grad_x = _kern.normalize_backward(gxh, xh, xd, xm)
+            grad_w = _kern.normalize_backward(g_wh, wh, wd, wm)
     elif with_grad:  # N == 0: no rows, zero gradients (as the reference kernel)
         grad_x, grad_w = gxh, g_wh
 
@@ -680,12 +683,14 @@ def _cosine_cross_entropy_triton_fake(
     x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad
 ):
     _check(x, w, "cosine_cross_entropy_triton")
-    return _ops._ce_fake_impl(
-        x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad
-    )
+    N = x.shape[0]
+    loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
+    if compute_grad and reduction != 0:
+        return loss, x.new_empty(N), torch.empty_like(x), torch.empty_like(w)
+    return loss, x.new_empty(N), _kern.empty_grad(x, x.dtype), _kern.empty_grad(w, w.dtype)
 
 
-cosine_cross_entropy_triton.register_autograd(_ops._ce_backward, setup_context=_ops._ce_setup)
+cosine_cross_entropy_triton.register_autograd(ag.ce_backward, setup_context=ag.ce_setup)
 
 
 # ----------------------------------------------------------------------------- cosine_topk
@@ -732,4 +737,26 @@ def _cosine_topk_triton_fake(x, w, k, scale, eps):
     return x.new_empty(N, k), x.new_empty(N, k, dtype=torch.int64)
 
 
-cosine_topk_triton.register_autograd(_ops._topk_backward, setup_context=_ops._topk_setup)
+cosine_topk_triton.register_autograd(ag.topk_backward, setup_context=ag.topk_setup)
+
+
+# ------------------------------------------------------------------------- backend registration
+def _topk_reasons(k: int | None = None, **_) -> list[str]:
+    if k is not None and k > MAX_TOPK:
+        return [f"k = {k} exceeds the Triton top-k limit of {MAX_TOPK}"]
+    return []
+
+
+_DEVS, _NOTES = _devices(SUPPORTED_DTYPES)
+_backend.register(
+    "cosine_logits", "triton", torch.ops.dfzsl_fast.cosine_logits_triton, devices=_DEVS,
+    notes=_NOTES,
+)
+_backend.register(
+    "cosine_cross_entropy", "triton", torch.ops.dfzsl_fast.cosine_cross_entropy_triton,
+    devices=_DEVS, notes=_NOTES,
+)
+_backend.register(
+    "cosine_topk", "triton", torch.ops.dfzsl_fast.cosine_topk_triton, devices=_DEVS,
+    notes=_NOTES, reason_fn=_topk_reasons,
+)
