@@ -43,6 +43,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -59,16 +60,16 @@ MARK = "GPU_CHECK_JSON "
 PHASES = ("wheels", "env", "build", "native", "tests_cuda", "tests_triton", "bench", "tests_rest")
 # Seconds per phase; their sum (without tests_rest, which gets what is left) stays under TOTAL_S.
 BUDGETS = {
-    "wheels": 20,
-    "env": 20,
+    "wheels": 15,
+    "env": 15,
     "build": 150,
-    "native": 30,
+    "native": 45,
     "tests_cuda": 60,
     "tests_triton": 80,
     "bench": 100,
     "tests_rest": 150,  # at most; it gets what the others left of TOTAL_S
 }
-TOTAL_S = 460  # the whole run, inside the 8 minutes of issue 9 (the JSON is written after)
+TOTAL_S = 465  # the whole run, inside the 8 minutes of issue 9 (the JSON is written after)
 GRACE_S = 15  # pytest phases: stop starting tests this long before the phase's limit
 PER_TEST_TIMEOUT_S = 120  # pytest-timeout, where installed
 LOG_CAP = 256 * 1024  # bytes of each phase's log in the combined log (its tail)
@@ -577,7 +578,7 @@ class Check:
         so = self.existing_so()
         self.build_ok = run.get("rc") == 0 and bool(so)
         res = {"rc": run.get("rc"), "timed_out": run.get("timed_out", False),
-               "command": " ".join(f"{k}={v}" for k, v in extra.items()) + " " + " ".join(cmd),
+               "command": " ".join(f"{k}={v}" for k, v in extra.items()) + " " + shlex.join(cmd),
                "cuda": bool(nvcc), "built": so}
         if not nvcc:
             res["note"] = "no nvcc found: CPU-only build (CUDA tests will skip)"
@@ -614,7 +615,9 @@ class Check:
             res["status"] = "passed" if self.native is not None else "failed"
         else:
             left = limit - run.get("seconds", 0)
-            res.update(self.pytest_phase("native", ["tests/test_registration.py"], left))
+            pt = self.pytest_phase("native", ["tests/test_registration.py"], left)
+            note = "; ".join(filter(None, (res.get("note"), pt.pop("note", None))))
+            res.update(pt, note=note)
         if self.native is None and res.get("status") == "passed":
             res["status"] = "failed"
         smoke = (self.native or {}).get("smoke_vmf_cuda_64x1000x512") or {}
@@ -645,14 +648,18 @@ class Check:
                 cmd.append(f"--timeout={int(min(PER_TEST_TIMEOUT_S, limit))}")
             if workers > 0 and self.xdist and _has_module("xdist"):
                 cmd += ["-n", str(workers)]
+                # share the cores between the workers (each would take them all)
+                env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 2) // workers)))
         run = _run(cmd, log, limit, env)
         rec = read_record(record)
         t = rec["tests"]
         res = {"rc": run.get("rc"), "timed_out": run.get("timed_out", False),
-               "command": "pytest " + " ".join(cmd[3:]), **rec}
+               "command": "pytest " + shlex.join(cmd[3:]), **rec}
         if t["skipped_budget"]:
             res["hit_budget"] = True
-        if run.get("timed_out"):
+        if run.get("timed_out") and rec["session_ended"]:
+            res["note"] = "killed at its limit after the pytest session had ended (slow exit)"
+        if run.get("timed_out") and not rec["session_ended"]:
             res["status"] = "timeout"
         elif t["failed"] or t["errors"]:
             res["status"] = "failed"
@@ -662,7 +669,7 @@ class Check:
             res["status"] = "budget"
         elif run.get("rc") == 5:
             res["status"] = "no_tests"
-        elif run.get("rc") == 0:
+        elif run.get("rc") == 0 or (run.get("timed_out") and rec["exitstatus"] == 0):
             res["status"] = "passed"
         else:
             res["status"] = "error"
@@ -730,6 +737,10 @@ class Check:
     def write(self) -> dict:
         essential = ("build", "native", "tests_cuda", "tests_triton", "bench")
         bad = [p["name"] for p in self.phases if p["status"] in ("failed", "timeout", "error")]
+        # on a GPU every essential phase must have run (a dry run skips some by design)
+        incomplete = [] if self.dry else [
+            p["name"] for p in self.phases
+            if p["name"] in essential and p["status"] in ("skipped", "no_tests")]
         hit = [p["name"] for p in self.phases if p.get("hit_budget")]
         gpus = self.env_facts.get("gpus") or []
         cuda_k = (self.native or {}).get("cuda_kernels_registered")
@@ -742,8 +753,9 @@ class Check:
             failed_ids += [f["id"] for f in p.get("failures", [])]
         seconds = round(time.monotonic() - self.t0, 1)
         verdict = {
-            "ok": not bad and (self.dry or (bool(gpus) and bool(cuda_k))),
+            "ok": not bad and not incomplete and (self.dry or (bool(gpus) and bool(cuda_k))),
             "failed_phases": bad,
+            "incomplete_phases": incomplete,
             "budget_hit_phases": hit,
             "gpu_visible": bool(gpus),
             "cuda_kernels_registered": cuda_k,
@@ -831,7 +843,8 @@ class Check:
                 print(f"{(r['name'] or '')[:60]:60s} {_fmt_s(r['mean_s']):>11s} "
                       f"{_fmt_s(r['stddev_s']):>11s} {r['ops'] or 0:10.2f}")
         print(f"\nverdict: {'OK' if v['ok'] else 'NOT OK'}; failed phases: "
-              f"{', '.join(v['failed_phases']) or 'none'}; budget hit: "
+              f"{', '.join(v['failed_phases']) or 'none'}; not run: "
+              f"{', '.join(v['incomplete_phases']) or 'none'}; budget hit: "
               f"{', '.join(v['budget_hit_phases']) or 'none'}; total {report['seconds']} s "
               f"of {report['total_budget_s']:.0f}")
         print(f"results: {os.path.join(self.out, 'gpu_check.json')}")
