@@ -47,6 +47,8 @@ case "$cmd" in
   test)
     ensure_env
     "$PY" -m dfzsl_fast info
+    # lint (pyproject's ruff settings): the whole tree stays clean
+    "$PY" -m ruff check .
     # C++ unit tests of the torch-free core (ctest)
     cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release >/dev/null
     cmake --build build/cmake -j 2 >/dev/null

@@ -130,7 +130,8 @@ def _extensions():
         extra_compile_args=extra,
         extra_link_args=["-fopenmp"],
     )
-    print(f"dfzsl_fast: building _C with CUDA={'yes' if with_cuda else 'no'} from {len(sources)} sources")
+    print(f"dfzsl_fast: building _C with CUDA={'yes' if with_cuda else 'no'} "
+          f"from {len(sources)} sources")
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

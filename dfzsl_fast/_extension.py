@@ -101,13 +101,3 @@ def _version() -> str:
 
 
 _register()
-
-
-def __getattr__(name: str):
-    # Temporary re-export for callers outside the kernel layer (dfzsl_fast/cli.py imports
-    # show_config from here): the report moved to dfzsl_fast._diagnostics. Loaded by name so that
-    # this loader does not import the report (which imports this loader). Remove once cli.py
-    # imports `from ._diagnostics import show_config`.
-    if name in ("show_config", "config"):
-        return getattr(importlib.import_module("dfzsl_fast._diagnostics"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

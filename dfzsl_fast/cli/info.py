@@ -15,7 +15,7 @@ def add(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .._extension import show_config
+    from .._diagnostics import show_config
 
     show_config()
     return 0
