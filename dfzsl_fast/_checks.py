@@ -62,7 +62,9 @@ def numeric_tensor(x: Any, what: str, src: str) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         if x.is_complex():
             raise ValueError(f"{src}: `{what}` must hold real numbers, got {x.dtype}")
-        return x.detach().cpu()
+        if x.device.type == "meta":
+            raise ValueError(f"{src}: `{what}` is a meta tensor (it holds no values)")
+        return x.detach()
     if isinstance(x, (str, bytes, dict)) or x is None:
         raise ValueError(f"{src}: `{what}` must be an array of numbers, got {type(x).__name__}")
     try:

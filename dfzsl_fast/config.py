@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "LIMITS",
+    "check_count",
     "SimulatorConfig",
     "TeacherConfig",
     "FLPTConfig",
@@ -50,6 +52,40 @@ def _positive(obj: Any, *names: str) -> None:
         v = getattr(obj, n)
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise ValueError(f"{type(obj).__name__}.{n} must be finite and > 0, got {v!r}")
+
+
+#: Upper bounds of the configs' counts: beyond them a run cannot fit in memory or in a day.
+#: Checked when a config is built (so `--set` and Python users get the same error) and by the
+#: stage functions that take such a count directly.
+LIMITS = {
+    "simulator.epochs": 10**7, "simulator.nsample": 10**6, "simulator.num": 10**6,
+    "flpt.epochs": 10**5, "flpt.batch_size": 1 << 20, "flpt.n_ctx": 64,
+    "flpt.residual_hidden": 1 << 16, "generator.epochs": 10**6, "generator.batch_size": 1 << 20,
+    "generator.syn_num": 10**6, "generator.hidden": 1 << 16, "generator.critic_iters": 1000,
+    "classifier.epochs": 10**6, "classifier.batch_size": 1 << 20,
+    "icis.epochs": 10**6, "icis.batch_size": 1 << 20, "icis.hidden": 1 << 16,
+}
+
+
+def _bounded(obj: Any, section: str) -> None:
+    for key, high in LIMITS.items():
+        sec, name = key.split(".")
+        if sec == section:
+            v = getattr(obj, name)
+            if v is not None and v > high:
+                raise ValueError(
+                    f"{type(obj).__name__}.{name} ({key}): expected at most {high}, got {v}"
+                )
+
+
+def check_count(v: Any, key: str, low: int = 0) -> int:
+    """An int in [low, LIMITS[key]] (e.g. an epochs override), else a TypeError/ValueError."""
+    name = key.split(".")[1]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
+    if not low <= v <= LIMITS[key]:
+        raise ValueError(f"{name}: expected an int in [{low}, {LIMITS[key]}], got {v}")
+    return v
 
 
 def _nonneg(obj: Any, *names: str) -> None:
@@ -79,6 +115,7 @@ class SimulatorConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "nsample", "temperature", "kappa_multiplier", "num")
+        _bounded(self, "simulator")
         _nonneg(self, "weight_decay", "lr_gamma", "lr_power")
         if self.kappa_rule != "dfzsl":
             raise ValueError(f"SimulatorConfig.kappa_rule: only 'dfzsl', got {self.kappa_rule!r}")
@@ -120,6 +157,7 @@ class FLPTConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "n_ctx", "lr", "epochs", "batch_size", "residual_hidden", "logit_scale")
+        _bounded(self, "flpt")
         if not (0.0 < self.holdout_fraction < 1.0):
             raise ValueError(
                 f"FLPTConfig.holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}"
@@ -161,6 +199,7 @@ class GeneratorConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "syn_num", "hidden", "lr", "feedback_lr")
+        _bounded(self, "generator")
         _positive(self, "decoder_lr", "critic_iters")
         _nonneg(self, "beta1", "lambda_gp", "gamma_d", "gamma_g", "recon_weight")
         _nonneg(self, "feedback_weight_train", "feedback_weight_syn")
@@ -212,6 +251,7 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "lr", "epochs", "batch_size", "scale", "logit_adjust_ratio")
+        _bounded(self, "classifier")
         _nonneg(self, "beta1")
         if self.teacher_weight is not None:
             _nonneg(self, "teacher_weight")
@@ -333,6 +373,7 @@ class ICISConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "hidden", "epochs", "batch_size", "lr", "slope_threshold")
+        _bounded(self, "icis")
         _nonneg(self, "seed")
         if self.loss not in ("cosine", "mse"):
             raise ValueError(f"ICISConfig.loss: 'cosine' or 'mse', got {self.loss!r}")

@@ -123,17 +123,21 @@ def evaluate_head(
     import torch.nn.functional as F
 
     from . import metrics as M
+    from ._checks import check_class_indices, numeric_tensor
     from .nn import CosineClassifier
 
     if protocol not in ("gzsl", "base2new"):
         raise ValueError(f"`protocol`: expected 'gzsl' or 'base2new', got {protocol!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size`: expected an int >= 1, got {batch_size!r}")
-    w = head.weight
+    w = getattr(head, "weight", None)
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or not w.is_floating_point():
+        raise TypeError(f"head: expected a classifier with a (C, D) float weight, got "
+                        f"{type(head).__name__}")
     C, D = w.shape
     dev = w.device
-    x = torch.as_tensor(features)
-    y = torch.as_tensor(labels)
+    x = numeric_tensor(features, "features", "evaluate_head")
+    y = numeric_tensor(labels, "labels", "evaluate_head")
     if not x.is_floating_point():
         raise ValueError(f"features: expected a floating-point (N, {D}) tensor, got {x.dtype}")
     if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
@@ -157,8 +161,10 @@ def evaluate_head(
         raise ValueError(f"features: row {int(bad.nonzero()[0, 0])} has NaN or Inf")
     if normalize_features:
         x = F.normalize(x, dim=1)
-    seen = torch.as_tensor(list(map(int, seen_classes)), dtype=torch.int64, device=dev)
-    unseen = torch.as_tensor(list(map(int, unseen_classes)), dtype=torch.int64, device=dev)
+    seen = check_class_indices(seen_classes, "seen_classes", C).to(dev)
+    unseen = check_class_indices(unseen_classes, "unseen_classes", C).to(dev)
+    if bool(torch.isin(seen, unseen).any()):
+        raise ValueError("seen_classes and unseen_classes overlap")
     is_cos = isinstance(head, CosineClassifier)
     is_lin = isinstance(head, torch.nn.Linear)
 

@@ -54,7 +54,10 @@ def fingerprint(*tensors: torch.Tensor) -> str:
     Any dtype (bool, bfloat16, ...) and any shape (0-d, empty) is hashed by its raw bytes.
     """
     h = hashlib.sha256()
-    for t in tensors:
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor) or t.device.type == "meta":
+            raise TypeError(f"tensors[{i}]: expected a tensor with values, got "
+                            f"{type(t).__name__ if not isinstance(t, torch.Tensor) else 'meta'}")
         c = t.detach().to("cpu").contiguous()
         h.update(f"{c.dtype}|{tuple(c.shape)}|".encode())
         if c.numel():

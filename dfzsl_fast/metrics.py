@@ -87,6 +87,8 @@ def _predictions(pred: ArrayLike, name: str) -> torch.Tensor:
     """(N,) labels, or argmax of (N, C) scores."""
     t = _as_tensor(pred, name)
     if t.ndim == 2:
+        if not (t.dtype.is_floating_point or t.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"`{name}` (logits) must be real scores, got dtype {t.dtype}")
         if t.dtype.is_floating_point and bool(torch.isnan(t).any()):
             raise ValueError(f"`{name}` (logits) contains NaN")
         if t.shape[1] == 0:

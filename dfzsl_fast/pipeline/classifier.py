@@ -19,14 +19,16 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_class_indices
-from ..config import ClassifierConfig
+from .._checks import check_class_indices, check_int
+from ..config import ClassifierConfig, check_count
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ..ops.cosine import cosine_cross_entropy
 from ._progress import Progress
 
 __all__ = ["logit_adjustment", "train_final_classifier"]
+
+_MAX_CLASSES = 10**7  # far beyond any zero-shot benchmark; keeps every check O(C) and cheap
 
 
 def _groups(seen_classes, unseen_classes, C: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,7 +40,9 @@ def _groups(seen_classes, unseen_classes, C: int) -> tuple[torch.Tensor, torch.T
     if both.unique().numel() != both.numel():
         raise ValueError("seen_classes and unseen_classes overlap")
     if both.numel() != C:
-        missing = sorted(set(range(C)) - set(both.tolist()))[:10]
+        left = torch.ones(C, dtype=torch.bool)
+        left[both] = False
+        missing = left.nonzero().flatten()[:10].tolist()
         raise ValueError(
             f"seen_classes and unseen_classes must cover all {C} classes (rows of "
             f"init_weights); missing e.g. {missing}"
@@ -72,7 +76,9 @@ def logit_adjustment(
         >>> logit_adjustment(torch.tensor([0, 0, 1]), [0, 1], [2], 3)
         tensor([-1.0986, -1.7918, -0.6931], dtype=torch.float64)
     """
-    C = int(num_classes)
+    C = check_int(num_classes, "num_classes", 1)
+    if C > _MAX_CLASSES:
+        raise ValueError(f"num_classes: expected at most {_MAX_CLASSES}, got {C}")
     seen, unseen = _groups(seen_classes, unseen_classes, C)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
         raise TypeError(f"ratio: expected a number, got {type(ratio).__name__}")
@@ -84,6 +90,9 @@ def logit_adjustment(
     y = labels.cpu()
     if y.dtype != torch.int64 or y.dim() != 1:
         raise TypeError("labels: expected an (N,) int64 tensor")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
+        raise ValueError(f"labels: expected class indices in [0, {C}), got range "
+                         f"[{int(y.min())}, {int(y.max())}]")
     counts = torch.bincount(y, minlength=C).double()
     seen_counts = counts[seen]
     if bool((seen_counts == 0).any()):
@@ -186,9 +195,8 @@ def train_final_classifier(
         raise TypeError(f"config: expected a ClassifierConfig, got {type(cfg).__name__}")
     epochs = cfg.epochs if epochs is None else epochs
     batch_size = cfg.batch_size if batch_size is None else batch_size
-    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    epochs = check_count(epochs, "classifier.epochs", 0)
+    batch_size = check_count(batch_size, "classifier.batch_size", 1)
     scale, lr, ratio = cfg.scale, cfg.lr, cfg.logit_adjust_ratio
     betas = (cfg.beta1, 0.999)
     adjust_logits = cfg.logit_adjust

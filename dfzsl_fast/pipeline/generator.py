@@ -62,7 +62,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_int, check_matrix, check_seed
+from .._checks import check_class_indices, check_int, check_matrix, check_seed
 from ..config import GeneratorConfig
 from ..hashing import fingerprint, seeded_generator
 from ..io.atomic import atomic_write
@@ -580,20 +580,9 @@ def train_generator(
 
 # ------------------------------------------------------------------------------- synthesis
 def _class_indices(classes: Any, C: int) -> torch.Tensor:
-    t = torch.as_tensor(classes)
-    if t.numel() == 0:  # checked first: torch.as_tensor([]) is float32
+    t = check_class_indices(classes, "classes", C)  # duplicates would get equal rows
+    if t.numel() == 0:
         raise ValueError("classes: is empty")
-    if t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:
-        raise TypeError("classes: expected a 1-D sequence of integer class indices")
-    t = t.to(torch.int64).cpu()
-    lo, hi = int(t.min()), int(t.max())
-    if lo < 0 or hi >= C:
-        raise ValueError(
-            f"classes: indices must lie in [0, {C}) (rows of class_embeddings), got range "
-            f"[{lo}, {hi}]"
-        )
-    if t.unique().numel() != t.numel():
-        raise ValueError("classes: contains duplicate class indices (they would get equal rows)")
     return t
 
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ICISConfig
+from ..config import ICISConfig, check_count
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ._progress import Progress
@@ -196,6 +196,8 @@ def _check_desc(t, name: str) -> torch.Tensor:
         raise TypeError(f"{name}: expected a (C, d_a) floating-point tensor")
     if t.shape[1] < 1:
         raise ValueError(f"{name}: expected at least one column")
+    if t.device.type == "meta":
+        raise ValueError(f"{name}: a meta tensor holds no values")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name}: contains NaN or Inf")
     return t.detach()
@@ -280,9 +282,9 @@ def fit_icis(
                 f"unseen_descriptors: width {a_u.shape[1]} differs from seen_descriptors' "
                 f"width {a_s.shape[1]}"
             )
-    for name, v, low in (("epochs", epochs, 0), ("batch_size", batch_size, 1)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ValueError(f"{name}: expected an int >= {low}, got {v!r}")
+    epochs = check_count(epochs, "icis.epochs", 0)
+    batch_size = check_count(batch_size, "icis.batch_size", 1)
+    hidden = check_count(hidden, "icis.hidden", 1)
     if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
         raise ValueError(f"lr: expected a finite number > 0, got {lr!r}")
     if loss not in ("cosine", "mse"):

@@ -55,6 +55,8 @@ class Teacher:
             raise ValueError(
                 f"weight: expected shape (C_s, d) with C_s, d >= 1, got {tuple(weight.shape)}"
             )
+        if weight.device.type == "meta":
+            raise ValueError("weight: a meta tensor holds no values")
         w = weight.detach().clone()
         finite = torch.isfinite(w).all(dim=1)
         if not bool(finite.all()):

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_matrix
-from ..config import SimulatorConfig
+from .._checks import check_matrix, numeric_tensor
+from ..config import SimulatorConfig, check_count
 from ..hashing import mix_seed
 from ..ops.cosine import cosine_logit_mse
 from ..ops.vmf import sample_vmf
@@ -132,14 +132,6 @@ def _check_features(t, name: str) -> torch.Tensor:
     return check_matrix(t, name, "(C, d)")
 
 
-def _check_int(v, name: str, low: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name}: expected an int, got {type(v).__name__}")
-    if v < low:
-        raise ValueError(f"{name}: expected an int >= {low}, got {v}")
-    return v
-
-
 def _check_pos(v, name: str, allow_zero: bool = False) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(v).__name__}")
@@ -186,7 +178,10 @@ def _kappa_tensor(kappa, C: int, device) -> torch.Tensor:
     if isinstance(kappa, (int, float)):
         k = torch.full((C,), float(kappa), dtype=torch.float64)
     else:
-        k = torch.as_tensor(kappa).detach().to(dtype=torch.float64).reshape(-1)
+        try:
+            k = numeric_tensor(kappa, "kappa", "kappa").to(dtype=torch.float64).reshape(-1)
+        except ValueError as exc:
+            raise TypeError(f"kappa: expected a number or a (C,) tensor ({exc})") from None
         if k.numel() == 1:
             k = k.expand(C).clone()
         if k.shape != (C,):
@@ -255,10 +250,12 @@ def fit_vmf_means(
     t = _check_features(text_features, "text_features")
     C, d = t.shape
     teacher = _teacher_for(teacher, C, d, "text_features")
-    steps = _check_int(steps, "steps", 0)
-    nsample = _check_int(nsample, "nsample", 1)
+    steps = check_count(steps, "simulator.epochs", 0)
+    nsample = check_count(nsample, "simulator.nsample", 1)
     lr = _check_pos(lr, "lr")
     weight_decay = _check_pos(weight_decay, "weight_decay", allow_zero=True)
+    lr_gamma = _check_pos(lr_gamma, "lr_gamma", allow_zero=True)
+    lr_power = _check_pos(lr_power, "lr_power", allow_zero=True)
     if select not in ("final", "best"):
         raise ValueError(f"select: expected 'final' or 'best', got {select!r}")
     if seed is None:
@@ -406,6 +403,8 @@ def select_trusted(
     teacher = as_teacher(teacher)
     if not isinstance(y, torch.Tensor) or y.dtype != torch.int64 or y.dim() != 1:
         raise TypeError("y: expected an (N,) int64 tensor of labels")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x: expected an (N, d) floating-point tensor")
     if x.dim() != 2 or x.shape[0] != y.shape[0]:
         raise ValueError(
             f"x and y: expected (N, d) and (N,), got {tuple(x.shape)} and {tuple(y.shape)}"

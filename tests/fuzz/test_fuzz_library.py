@@ -20,15 +20,30 @@ from hypothesis import strategies as st  # noqa: E402
 
 from dfzsl_fast import metrics  # noqa: E402
 from dfzsl_fast.config import ClassifierConfig  # noqa: E402
-from dfzsl_fast.nn import ExtendedClassifier, project_out, text_center  # noqa: E402
-from dfzsl_fast.pipeline import (  # noqa: E402
+from dfzsl_fast.evaluation import evaluate_head  # noqa: E402
+from dfzsl_fast.hashing import fingerprint, mix_seed  # noqa: E402
+from dfzsl_fast.models import TFVAEGAN  # noqa: E402
+from dfzsl_fast.nn import (  # noqa: E402
+    CosineClassifier,  # noqa: E402
+    ExtendedClassifier,
+    project_out,
+    text_center,
+)
+from dfzsl_fast.pipeline import (  # noqa: E402  # noqa: E402
     Teacher,
     default_kappa,
+    fit_icis,
+    fit_vmf_means,
+    head_targets,
+    inject,
     logit_adjustment,
+    select_trusted,
+    synthesize,
     train_final_classifier,
     virtual_features,
     zero_shot_classifier,
 )
+from dfzsl_fast.pipeline.icis import icis_linear  # noqa: E402
 from dfzsl_fast.pipeline.text_map import fit_text_map  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")
@@ -119,6 +134,37 @@ ENTRY_POINTS = {
                                           "center": torch.nn.functional.normalize(
                                               torch.randn(8, generator=_g()), dim=0)}),
     "text_center": (text_center, lambda: {"text_features": torch.randn(6, 8, generator=_g())}),
+    "fit_vmf_means": (fit_vmf_means, lambda: {
+        "teacher": _teacher(), "text_features": torch.randn(4, 8, generator=_g()),
+        "kappa": 20.0, "steps": 2, "nsample": 2, "progress": False}),
+    "select_trusted": (select_trusted, lambda: {
+        "x": torch.randn(8, 8, generator=_g()), "y": torch.arange(4).repeat(2),
+        "teacher": _teacher(), "allow_empty_class": True}),
+    "Teacher": (Teacher, lambda: {"weight": torch.randn(4, 8, generator=_g()),
+                                  "temperature": 1.0}),
+    "head_targets": (head_targets, lambda: {"head": CosineClassifier(torch.randn(4, 8), 10.0)}),
+    "inject": (inject, lambda: {"head": torch.nn.Linear(8, 4),
+                                "new_rows": torch.randn(2, 9, generator=_g())}),
+    "icis_linear": (icis_linear, lambda: {
+        "head": CosineClassifier(torch.randn(4, 8, generator=_g()), 10.0),
+        "seen_descriptors": torch.randn(4, 8, generator=_g()),
+        "unseen_descriptors": torch.randn(2, 8, generator=_g())}),
+    "fit_icis": (fit_icis, lambda: {
+        "seen_descriptors": torch.randn(4, 5, generator=_g()),
+        "seen_targets": torch.randn(4, 8, generator=_g()),
+        "unseen_descriptors": torch.randn(2, 5, generator=_g()), "hidden": 8, "epochs": 2,
+        "batch_size": 2, "progress": False}),
+    "synthesize": (synthesize, lambda: {
+        "model": TFVAEGAN(8, 5, hidden=8, seed=0),
+        "class_embeddings": torch.nn.functional.normalize(torch.randn(6, 5, generator=_g()),
+                                                          dim=1),
+        "classes": [4, 5], "num_per_class": 3, "seed": 0}),
+    "evaluate_head": (evaluate_head, lambda: {
+        "head": CosineClassifier(torch.randn(4, 8, generator=_g()), 10.0),
+        "features": torch.randn(6, 8, generator=_g()), "labels": torch.tensor([0, 1, 2, 3, 0, 3]),
+        "seen_classes": [0, 1], "unseen_classes": [2, 3]}),
+    "mix_seed": (mix_seed, lambda: {"seed": 3, "stream": 1}),
+    "fingerprint": (lambda t: fingerprint(t), lambda: {"t": torch.randn(3, generator=_g())}),
 }
 
 

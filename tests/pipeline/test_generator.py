@@ -305,7 +305,7 @@ def test_input_errors():
         synthesize(m, emb, [0], 0, seed=0)
     with pytest.raises(ValueError, match="batch_size: expected an int >= 1"):
         synthesize(m, emb, [0], 3, seed=0, batch_size=0)
-    with pytest.raises(ValueError, match="classes: indices must lie in"):
+    with pytest.raises(ValueError, match="classes: class indices must lie in"):
         synthesize(m, emb, [5], 3, seed=0)
     with pytest.raises(ValueError, match="classes: is empty"):
         synthesize(m, emb, [], 3, seed=0)
