@@ -13,6 +13,8 @@ import math
 
 import torch
 
+from ..hashing import seeded_generator
+
 __all__ = ["wood_constants", "sample_w", "direction", "vmf_sample", "reference_generator"]
 
 LOG2 = math.log(2.0)
@@ -128,10 +130,7 @@ def direction(g: torch.Tensor, mu_rows: torch.Tensor, w: torch.Tensor, rho: torc
 
 def reference_generator(seed: int, offset: int, device) -> torch.Generator:
     """A torch.Generator for (seed, offset): the reference's stand-in for a Philox stream."""
-    gen = torch.Generator(device=device)
-    mixed = (int(seed) * 0x9E3779B97F4A7C15 + int(offset) * 0xBF58476D1CE4E5B9) % (2**63 - 1)
-    gen.manual_seed(mixed)
-    return gen
+    return seeded_generator(seed, offset, device)
 
 
 def vmf_sample(mu: torch.Tensor, kappa: torch.Tensor, labels: torch.Tensor, seed: int,
