@@ -1,16 +1,7 @@
 """Stage 3 of DFZSL: training and sampling the TF-VAEGAN feature generator (method.md 2.5).
 
-The networks live in :mod:`dfzsl_fast.models.tfvaegan`:
-
-Five small MLPs (D = feature width `resSize`, A = class-embedding width `attSize`, Z = latent
-width `nz` = D by default, H = `hidden` = ngh = ndh, LeakyReLU(0.2), weights N(0, 0.02), zero
-biases), as in ``ylong4/DFZSL: tfvaegan/networks/TFVAEGAN_model.py``:
-
-    Encoder E(x, a)       [x; a] -> FC H -> LReLU -> FC 2Z -> LReLU -> heads mu_z (Z), logvar_z (Z)
-    Generator G(z, a)     [z; a] -> FC H -> LReLU = h -> (h + a1 F(dec_hidden)) -> FC D -> L2-norm
-    Discriminator D(x, a) [x; a] -> FC H -> LReLU -> FC 1
-    Feedback F(h)         FC H -> LReLU -> FC H -> LReLU
-    Decoder Dec(x)        x -> FC H -> LReLU = dec_hidden -> FC A -> L2-norm (reconstructs a)
+The five networks (encoder E, generator G, critic D, feedback F, semantic decoder Dec) live in
+:mod:`dfzsl_fast.models.tfvaegan`, with their shapes.
 
 Training (`train_generator`) follows ``tfvaegan/train_images.py`` with the AWA2 launch flags
 (``--encoded_noise --freeze_dec --feedback_loop 2``). Per epoch, for loop in (0, 1) and for each
