@@ -75,6 +75,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import check_matrix
 from .data.classnames import check_classnames, name_key
 from .hashing import seeded_generator
 from .teacher_fit import fit_logistic_regression
@@ -185,7 +186,9 @@ class CLIPWorldParams:
 
 def text_statistics(text: torch.Tensor) -> dict[str, float]:
     """Shared-component statistics of a (C, D) text matrix (rows normalised first)."""
-    t = _unit(torch.as_tensor(text, dtype=torch.float64))
+    if isinstance(text, np.ndarray):
+        text = torch.from_numpy(text)
+    t = _unit(check_matrix(text, "text", "(C, D)").to("cpu", torch.float64))
     C = t.shape[0]
     g = t @ t.T
     off = (g.sum() - g.diagonal().sum()) / max(C * (C - 1), 1)
@@ -403,17 +406,11 @@ def calibrate_clip_world(text: torch.Tensor, config: CLIPWorldConfig | None = No
 def _check_text(text) -> torch.Tensor:
     if isinstance(text, np.ndarray):
         text = torch.from_numpy(text)
-    if not isinstance(text, torch.Tensor) or text.dim() != 2 or not text.is_floating_point():
-        raise TypeError("text: expected a (C, D) floating-point tensor or array")
-    if text.shape[0] < 3 or text.shape[1] < 2:
+    t = check_matrix(text, "text", "(C, D)")  # float, finite, no zero row, not meta
+    if t.shape[0] < 3 or t.shape[1] < 2:
         raise ValueError(f"text: expected at least 3 classes and 2 dimensions, got "
-                         f"{tuple(text.shape)}")
-    t = text.detach().to("cpu", torch.float64)
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("text: contains NaN or Inf")
-    if bool((t.norm(dim=1) == 0).any()):
-        raise ValueError("text: has an all-zero row")
-    return t
+                         f"{tuple(t.shape)}")
+    return t.to("cpu", torch.float64)
 
 
 def build_clip_world(

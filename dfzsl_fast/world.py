@@ -78,6 +78,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._checks import numeric_tensor
 from .data.classnames import check_classnames
 from .hashing import seeded_generator
 from .metrics import gzsl_scores, per_class_accuracy
@@ -358,7 +359,13 @@ def _resolve_unseen(
             raise ValueError(f"`n_unseen` must be in [1, {C - 1}] for {C} classes, got {n_unseen}")
         idx = torch.randperm(C, generator=gen)[:n_unseen]
     else:
-        items = unseen.tolist() if isinstance(unseen, torch.Tensor) else list(unseen)
+        if isinstance(unseen, (str, bytes, dict)) or (
+                isinstance(unseen, torch.Tensor) and unseen.device.type == "meta"):
+            raise TypeError("`unseen`: expected a sequence of class names or indices")
+        try:
+            items = unseen.tolist() if isinstance(unseen, torch.Tensor) else list(unseen)
+        except TypeError:
+            raise TypeError("`unseen`: expected a sequence of class names or indices") from None
         if not items:
             raise ValueError("`unseen` is empty")
         pos = {n: i for i, n in enumerate(names)}
@@ -471,7 +478,10 @@ def build_world(
             emb = encoder(prompts)
     else:
         emb = embeddings
-    e = torch.as_tensor(np.asarray(emb.detach().cpu() if torch.is_tensor(emb) else emb))
+    try:
+        e = numeric_tensor(emb, "embeddings", "build_world").cpu()
+    except ValueError as exc:
+        raise TypeError(str(exc)) from None
     if e.ndim != 2 or e.shape[0] != C:
         raise ValueError(f"`embeddings` must be ({C}, E), got shape {tuple(e.shape)}")
     e = e.to(torch.float64)

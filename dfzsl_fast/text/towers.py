@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import check_matrix
 from ..data.classnames import check_classnames, name_key
 from ..hashing import sha256_file
 
@@ -850,11 +851,7 @@ class FixedTextFeatures(TextTower):
         *,
         name: str = "fixed text features",
     ) -> None:
-        f = torch.as_tensor(features)
-        if not f.is_floating_point() or f.dim() != 2 or f.shape[0] == 0:
-            raise ValueError(f"`features` must be a (C, D) float tensor, got {tuple(f.shape)}")
-        if not bool(torch.isfinite(f).all()):
-            raise ValueError("`features` contains NaN or Inf")
+        f = check_matrix(features, "features", "(C, D)")  # float, finite, non-zero rows
         names = None
         if class_names is not None:
             names = check_classnames(class_names)  # distinct: rows are looked up by name

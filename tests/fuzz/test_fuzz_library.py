@@ -20,7 +20,10 @@ from hypothesis import strategies as st  # noqa: E402
 
 from dfzsl_fast import metrics  # noqa: E402
 from dfzsl_fast.config import ClassifierConfig  # noqa: E402
+from dfzsl_fast.clip_world import build_clip_world, text_statistics  # noqa: E402
 from dfzsl_fast.evaluation import evaluate_head  # noqa: E402
+from dfzsl_fast.text.towers import FixedTextFeatures  # noqa: E402
+from dfzsl_fast.world import build_world  # noqa: E402
 from dfzsl_fast.hashing import fingerprint, mix_seed  # noqa: E402
 from dfzsl_fast.models import TFVAEGAN  # noqa: E402
 from dfzsl_fast.nn import (  # noqa: E402
@@ -163,6 +166,15 @@ ENTRY_POINTS = {
         "head": CosineClassifier(torch.randn(4, 8, generator=_g()), 10.0),
         "features": torch.randn(6, 8, generator=_g()), "labels": torch.tensor([0, 1, 2, 3, 0, 3]),
         "seen_classes": [0, 1], "unseen_classes": [2, 3]}),
+    "build_world": (build_world, lambda: {
+        "class_names": [f"c{i}" for i in range(6)], "embeddings": torch.randn(6, 16, generator=_g()),
+        "unseen": [4, 5], "dim": 16}),
+    "build_clip_world": (build_clip_world, lambda: {
+        "text": torch.randn(8, 16, generator=_g()), "class_names": [f"c{i}" for i in range(8)],
+        "unseen": [6, 7]}),
+    "text_statistics": (text_statistics, lambda: {"text": torch.randn(6, 8, generator=_g())}),
+    "FixedTextFeatures": (FixedTextFeatures, lambda: {
+        "features": torch.randn(3, 8, generator=_g()), "class_names": ["a", "b", "c"]}),
     "mix_seed": (mix_seed, lambda: {"seed": 3, "stream": 1}),
     "fingerprint": (lambda t: fingerprint(t), lambda: {"t": torch.randn(3, generator=_g())}),
 }
