@@ -9,6 +9,7 @@ the argument; loading never runs code; an interrupted write leaves the old file 
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import string
@@ -405,4 +406,115 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch, what):
         write()
     monkeypatch.setattr(os, "replace", real_replace)
     assert p.read_bytes() == before
+    _no_temp_files(tmp_path)
+
+
+# ------------------------------------------------------------------------------ other loaders
+@given(key=st.sampled_from(["features", "labels"]), value=arrays)
+def test_xlsa17_feature_file_of_any_type(tmp_path_factory, key, value):
+    import scipy.io
+
+    from dfzsl_fast.data import load_features as load_xlsa17_features
+
+    d = _tmp(tmp_path_factory)
+    entries = {"features": np.random.randn(4, 3).astype(np.float32),
+               "labels": np.array([[1], [2], [2], [1]])}
+    entries[key] = value
+    p = d / "res101.mat"
+    try:
+        scipy.io.savemat(p, entries)
+    except Exception:  # a value scipy cannot store as .mat
+        return
+    try:
+        fs = load_xlsa17_features(p)
+    except LOAD_ERRORS as exc:
+        assert str(p) in str(exc)
+        return
+    assert fs.features.dtype == torch.float32 and bool(torch.isfinite(fs.features).all())
+    assert fs.labels.dtype == torch.int64 and int(fs.labels.min()) >= 0
+
+
+@given(key=st.sampled_from(["att", "trainval_loc", "test_seen_loc", "test_unseen_loc",
+                            "allclasses_names"]), value=arrays)
+def test_xlsa17_split_file_of_any_type(tmp_path_factory, key, value):
+    import scipy.io
+
+    from dfzsl_fast.data import load_att_splits
+
+    d = _tmp(tmp_path_factory)
+    entries = {"att": np.random.rand(5, 4), "trainval_loc": np.array([[1], [2]]),
+               "test_seen_loc": np.array([[3]]), "test_unseen_loc": np.array([[4]])}
+    entries[key] = value
+    p = d / "att_splits.mat"
+    try:
+        scipy.io.savemat(p, entries)
+    except Exception:
+        return
+    try:
+        split = load_att_splits(p)
+    except LOAD_ERRORS as exc:
+        assert str(p) in str(exc)
+        return
+    assert bool(torch.isfinite(split.attributes).all())
+
+
+@given(cut=st.floats(0.0, 0.999))
+def test_truncated_generator_checkpoint(tmp_path_factory, cut):
+    from dfzsl_fast.models import TFVAEGAN
+    from dfzsl_fast.pipeline import load_generator
+
+    d = _tmp(tmp_path_factory)
+    p = d / "g.pt"
+    torch.save({"format": "dfzsl_fast.tfvaegan/1", "state": TFVAEGAN(4, 3, hidden=4).state_dict()},
+               p)
+    data = p.read_bytes()
+    p.write_bytes(data[: int(cut * len(data))])
+    with pytest.raises(ValueError):
+        load_generator(p)
+
+
+@given(value=json_values)
+def test_config_json_of_any_value(tmp_path_factory, value):
+    from dfzsl_fast.config import DFZSLConfig
+
+    d = _tmp(tmp_path_factory)
+    p = d / "c.json"
+    p.write_text(json.dumps(value))
+    try:
+        cfg = DFZSLConfig.from_json(p)
+    except (TypeError, ValueError, FileNotFoundError):
+        return
+    assert isinstance(cfg, DFZSLConfig)
+
+
+@given(section=st.sampled_from(["simulator", "flpt", "generator", "classifier"]),
+       field=st.sampled_from(["epochs", "batch_size", "lr", "num", "syn_num", "hidden", "scale"]),
+       value=json_scalars)
+def test_config_field_of_any_value(section, field, value):
+    from dfzsl_fast.config import DFZSLConfig, get_config
+
+    data = get_config("AWA2").to_dict()
+    if field not in data[section]:
+        return
+    data[section][field] = value
+    try:
+        cfg = DFZSLConfig.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        assert field in str(exc)
+        return
+    v = getattr(getattr(cfg, section), field)
+    assert v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+                         and math.isfinite(v))
+
+
+def test_stage_cache_ignores_a_corrupt_file(tmp_path):
+    from dfzsl_fast.pipeline._cache import StageCache
+
+    cache = StageCache(tmp_path)
+    cache.save("virtual", "k", {"x": torch.ones(2)})
+    (tmp_path / "virtual.safetensors").write_bytes(b"garbage")
+    calls = []
+    tensors, _, hit = cache.get_or_compute("virtual", "k",
+                                           lambda: (calls.append(1) or {"x": torch.zeros(2)}, {}))
+    assert not hit and calls == [1] and torch.equal(tensors["x"], torch.zeros(2))
     _no_temp_files(tmp_path)
