@@ -19,20 +19,18 @@ from hypothesis import given  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from dfzsl_fast import metrics  # noqa: E402
-from dfzsl_fast.config import ClassifierConfig  # noqa: E402
 from dfzsl_fast.clip_world import build_clip_world, text_statistics  # noqa: E402
+from dfzsl_fast.config import ClassifierConfig  # noqa: E402
 from dfzsl_fast.evaluation import evaluate_head  # noqa: E402
-from dfzsl_fast.text.towers import FixedTextFeatures  # noqa: E402
-from dfzsl_fast.world import build_world  # noqa: E402
 from dfzsl_fast.hashing import fingerprint, mix_seed  # noqa: E402
 from dfzsl_fast.models import TFVAEGAN  # noqa: E402
 from dfzsl_fast.nn import (  # noqa: E402
-    CosineClassifier,  # noqa: E402
+    CosineClassifier,
     ExtendedClassifier,
     project_out,
     text_center,
 )
-from dfzsl_fast.pipeline import (  # noqa: E402  # noqa: E402
+from dfzsl_fast.pipeline import (  # noqa: E402
     Teacher,
     default_kappa,
     fit_icis,
@@ -48,6 +46,8 @@ from dfzsl_fast.pipeline import (  # noqa: E402  # noqa: E402
 )
 from dfzsl_fast.pipeline.icis import icis_linear  # noqa: E402
 from dfzsl_fast.pipeline.text_map import fit_text_map  # noqa: E402
+from dfzsl_fast.text.towers import FixedTextFeatures  # noqa: E402
+from dfzsl_fast.world import build_world  # noqa: E402
 
 NAN, INF = float("nan"), float("inf")
 HOSTILE = [
@@ -167,8 +167,8 @@ ENTRY_POINTS = {
         "features": torch.randn(6, 8, generator=_g()), "labels": torch.tensor([0, 1, 2, 3, 0, 3]),
         "seen_classes": [0, 1], "unseen_classes": [2, 3]}),
     "build_world": (build_world, lambda: {
-        "class_names": [f"c{i}" for i in range(6)], "embeddings": torch.randn(6, 16, generator=_g()),
-        "unseen": [4, 5], "dim": 16}),
+        "class_names": [f"c{i}" for i in range(6)],
+        "embeddings": torch.randn(6, 16, generator=_g()), "unseen": [4, 5], "dim": 16}),
     "build_clip_world": (build_clip_world, lambda: {
         "text": torch.randn(8, 16, generator=_g()), "class_names": [f"c{i}" for i in range(8)],
         "unseen": [6, 7]}),
