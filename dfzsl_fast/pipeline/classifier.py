@@ -232,6 +232,10 @@ def train_final_classifier(
                     head.scale,
                     logit_adjustment=adj,
                     backend=backend,
+                    # the features were checked once above and the prototypes are unit rows
+                    # of this loop: no per-batch NaN scan (a host sync per step on a GPU); a
+                    # diverged head is refused when the classifier is built from it
+                    check_inputs=False,
                 )
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

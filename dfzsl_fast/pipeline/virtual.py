@@ -297,8 +297,11 @@ def fit_vmf_means(
                 offset=step * rows,
                 wood_b=wood_b,
                 backend=backend,
+                check_inputs=False,  # mu: this loop's parameter, checked before the loop
             )
-            loss = cosine_logit_mse(x, mu, w_teacher, 1.0, scale_t, backend=backend)
+            # unit samples and unit means: no per-step NaN scan (a host sync per step on a GPU)
+            loss = cosine_logit_mse(x, mu, w_teacher, 1.0, scale_t, backend=backend,
+                                    check_inputs=False)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             lrs[step] = opt.param_groups[0]["lr"]
