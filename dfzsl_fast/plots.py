@@ -56,14 +56,21 @@ def _save(fig, path: str | Path, dpi: int) -> Path:
 
 def _array(x: Any, name: str) -> np.ndarray:
     if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"`{name}`: a meta tensor holds no values")
+        if x.is_complex():
+            raise TypeError(f"`{name}`: expected real values, got {x.dtype}")
         x = x.detach().cpu()
         if x.dtype in (torch.bfloat16, torch.float16):
             x = x.float()
         return x.numpy()
     try:
-        return np.asarray(x)
+        a = np.asarray(x)
     except Exception as exc:
         raise TypeError(f"`{name}`: expected a tensor or array, got {type(x).__name__}") from exc
+    if a.dtype.kind == "c":
+        raise TypeError(f"`{name}`: expected real values, got {a.dtype}")
+    return a
 
 
 def plot_per_class_accuracy(
@@ -199,9 +206,14 @@ def project_2d(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     """
     if method not in ("pca", "tsne"):
         raise ValueError(f"`method`: expected 'pca' or 'tsne', got {method!r}")
-    x = np.asarray(x, dtype=np.float64)
+    x = _array(x, "x")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"`x`: expected real features, got dtype {x.dtype}")
+    x = x.astype(np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
-        raise ValueError(f"need at least 2 rows of (n, D) features, got shape {x.shape}")
+        raise ValueError(f"`x`: need at least 2 rows of (n, D) features, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError("`x`: contains NaN or Inf")
     xc = x - x.mean(axis=0, keepdims=True)
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     if method == "pca":

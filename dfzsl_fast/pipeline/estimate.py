@@ -44,6 +44,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_class_indices, check_matrix
 from ..config import ClassifierConfig
 from ..hashing import seeded_generator
 from ..metrics import gzsl_scores
@@ -135,7 +136,16 @@ def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
     """
     # contiguous float32 copies: a cached stage returns contiguous tensors, a fresh one may
     # hand over views, and the two must give bit-identical prototypes
-    text, mu = text.float().contiguous(), mu.float().contiguous()
+    text = check_matrix(text, "text", "(C, D)").float().contiguous()
+    mu = check_matrix(mu, "mu", "(C_s, D)").float().contiguous()
+    if mu.shape[1] != text.shape[1]:
+        raise ValueError(f"mu: width {mu.shape[1]} differs from text's {text.shape[1]}")
+    seen = check_class_indices(seen, "seen", text.shape[0])
+    if seen.numel() != mu.shape[0]:
+        raise ValueError(f"seen: {seen.numel()} indices for {mu.shape[0]} rows of mu")
+    if isinstance(teacher_weight, bool) or not isinstance(teacher_weight, (int, float)) or (
+            math.isnan(teacher_weight) or teacher_weight < 0):
+        raise ValueError(f"teacher_weight: expected a number >= 0, got {teacher_weight!r}")
     if center is None:
         return F.normalize(text, dim=1), None
     init = F.normalize(project_out(text, center), dim=1)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from dfzsl_fast import metrics  # noqa: E402
 from dfzsl_fast.clip_world import build_clip_world, text_statistics  # noqa: E402
-from dfzsl_fast.config import ClassifierConfig  # noqa: E402
+from dfzsl_fast.config import ClassifierConfig, GeneratorConfig  # noqa: E402
 from dfzsl_fast.evaluation import evaluate_head  # noqa: E402
 from dfzsl_fast.hashing import fingerprint, mix_seed  # noqa: E402
 from dfzsl_fast.models import TFVAEGAN  # noqa: E402
@@ -44,8 +44,11 @@ from dfzsl_fast.pipeline import (  # noqa: E402
     virtual_features,
     zero_shot_classifier,
 )
+from dfzsl_fast.pipeline.estimate import prototype_start  # noqa: E402
+from dfzsl_fast.pipeline.generator import train_generator  # noqa: E402
 from dfzsl_fast.pipeline.icis import icis_linear  # noqa: E402
 from dfzsl_fast.pipeline.text_map import fit_text_map  # noqa: E402
+from dfzsl_fast.plots import plot_per_class_accuracy, project_2d  # noqa: E402
 from dfzsl_fast.text.towers import FixedTextFeatures  # noqa: E402
 from dfzsl_fast.world import build_world  # noqa: E402
 
@@ -87,6 +90,9 @@ def _inputs_finite(kwargs) -> bool:
             return all(ok(x) for x in v)
         return True
     return all(ok(v) for v in kwargs.values())
+
+
+_PLOT_DIR = __import__("pathlib").Path(__import__("tempfile").mkdtemp(prefix="dfzsl-fuzz-"))
 
 
 def _g():
@@ -175,6 +181,20 @@ ENTRY_POINTS = {
     "text_statistics": (text_statistics, lambda: {"text": torch.randn(6, 8, generator=_g())}),
     "FixedTextFeatures": (FixedTextFeatures, lambda: {
         "features": torch.randn(3, 8, generator=_g()), "class_names": ["a", "b", "c"]}),
+    "prototype_start": (prototype_start, lambda: {
+        "text": torch.randn(6, 8, generator=_g()),
+        "mu": torch.nn.functional.normalize(torch.randn(4, 8, generator=_g()), dim=1),
+        "seen": torch.arange(4), "center": torch.nn.functional.normalize(
+            torch.randn(8, generator=_g()), dim=0)}),
+    "train_generator": (train_generator, lambda: {
+        "features": torch.randn(8, 6, generator=_g()), "labels": torch.arange(4).repeat(2),
+        "class_embeddings": torch.randn(6, 5, generator=_g()),
+        "config": GeneratorConfig(epochs=1, batch_size=4, hidden=8, syn_num=2), "seed": 0,
+        "progress": False}),
+    "project_2d": (project_2d, lambda: {"x": torch.randn(12, 5, generator=_g()).numpy()}),
+    "plot_per_class_accuracy": (plot_per_class_accuracy, lambda: {
+        "per_class_acc": [0.5, 1.0, 0.0], "class_names": ["a", "b", "c"],
+        "seen_mask": [True, True, False], "path": _PLOT_DIR / "p.png"}),
     "mix_seed": (mix_seed, lambda: {"seed": 3, "stream": 1}),
     "fingerprint": (lambda t: fingerprint(t), lambda: {"t": torch.randn(3, generator=_g())}),
 }
