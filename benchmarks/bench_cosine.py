@@ -10,6 +10,7 @@ or "full" (forward + backward in x and w), put these providers side by side:
 - torch_compile         torch.compile of eager (skipped with a reason when compiling takes more
                         than COMPILE_LIMIT_S seconds, or fails)
 - dfzsl                 dfzsl_fast.cosine_cross_entropy (never holds the (N, C) logits)
+- dfzsl_unchecked       the same with check_inputs=False: the cost of the default input checks
 
 Sizes: N = 65536, d = 512, C in {200, 1000, 10000}, float32. Smoke mode (`--benchmark-disable`,
 or DFZSL_BENCH_SMOKE=1) runs N = 2048 and C = 200 only, once, untimed, after the correctness check.
@@ -37,7 +38,7 @@ C_LIST = (200, 1000, 10000)
 N_SMOKE, C_SMOKE = 2048, 200
 SCALE = 16.0
 COMPILE_LIMIT_S = 120.0
-PROVIDERS = ("eager", "linear_cross_entropy", "torch_compile", "dfzsl")
+PROVIDERS = ("eager", "linear_cross_entropy", "torch_compile", "dfzsl", "dfzsl_unchecked")
 MODES = ("forward", "full")
 
 ENV_SMOKE = os.environ.get("DFZSL_BENCH_SMOKE", "").strip() not in ("", "0")
@@ -60,6 +61,11 @@ def lce_loss(x, w, t):
 
 def dfzsl_loss(x, w, t):
     return dfzsl_fast.cosine_cross_entropy(x, w, t, SCALE)
+
+
+def dfzsl_unchecked_loss(x, w, t):
+    # the cost of the default input checks (NaN/Inf scan, overflow-safe rows): compare with dfzsl
+    return dfzsl_fast.cosine_cross_entropy(x, w, t, SCALE, check_inputs=False)
 
 
 _COMPILED: dict = {}
@@ -85,6 +91,8 @@ def provider_fn(provider):
         if reason:
             pytest.skip(reason)
         return fn
+    if provider == "dfzsl_unchecked":
+        return dfzsl_unchecked_loss
     return dfzsl_loss
 
 
