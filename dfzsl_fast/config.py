@@ -44,6 +44,11 @@ __all__ = [
     "BASE_TO_NEW_DATASETS",
     "get_config",
     "list_configs",
+    "GENERIC",
+    "PROFILES",
+    "apply_profile",
+    "describe_config",
+    "preset_mismatch",
 ]
 
 
@@ -52,6 +57,10 @@ def _positive(obj: Any, *names: str) -> None:
         v = getattr(obj, n)
         if v is not None and not (v > 0 and math.isfinite(v)):
             raise ValueError(f"{type(obj).__name__}.{n} must be finite and > 0, got {v!r}")
+
+
+#: The schedules `apply_profile` knows: "fast" (minutes on a CPU), "published" (the reference).
+PROFILES: tuple[str, ...] = ("fast", "published")
 
 
 #: Upper bounds of the configs' counts: beyond them a run cannot fit in memory or in a day.
@@ -272,6 +281,8 @@ class DFZSLConfig:
         num_classes, num_seen, num_unseen: class counts (seen = base, unseen = new).
         seed: global seed.
         simulator, teacher, flpt, generator, classifier: per-stage settings.
+        profile: the schedule the stage settings follow: ``"published"`` (the reference's) or
+            ``"fast"`` (a CPU-friendly one, `apply_profile`); a record, set by `apply_profile`.
     """
 
     name: str
@@ -287,10 +298,13 @@ class DFZSLConfig:
     flpt: FLPTConfig = field(default_factory=FLPTConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    profile: str = "published"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise ValueError("DFZSLConfig.name must be a non-empty string")
+        if self.profile not in PROFILES:
+            raise ValueError(f"DFZSLConfig.profile: one of {list(PROFILES)}, got {self.profile!r}")
         if self.protocol not in ("gzsl", "base2new"):
             raise ValueError(f"DFZSLConfig.protocol: 'gzsl' or 'base2new', got {self.protocol!r}")
         if self.template.count("{}") != 1:
@@ -573,6 +587,19 @@ def _build(name: str) -> DFZSLConfig:
 CONFIGS: dict[str, DFZSLConfig] = {n: _build(n) for n in (*_GZSL, *_B2N)}
 
 
+#: The preset for a user's own classes: no dataset template, no class counts.
+GENERIC = "generic"
+
+
+def _generic() -> DFZSLConfig:
+    # ours: the reference's default schedule (AWA2-like stage settings) with the plain CLIP
+    # template; num and syn_num as for the mid-sized presets (CUB, FLO)
+    return DFZSLConfig(
+        name=GENERIC, protocol="gzsl", template="a photo of a {}.", classname_style="generic",
+        simulator=SimulatorConfig(num=100), generator=GeneratorConfig(syn_num=300),
+    )
+
+
 def list_configs() -> list[str]:
     """Names of the shipped presets: 5 GZSL then 11 base-to-new datasets."""
     return list(CONFIGS)
@@ -581,14 +608,120 @@ def list_configs() -> list[str]:
 def get_config(name: str) -> DFZSLConfig:
     """A fresh copy of a shipped preset, by name (case-insensitive; reference aliases accepted).
 
+    ``"generic"`` (`GENERIC`) is the preset for one's own classes: template
+    ``"a photo of a {}."``, no class counts; it is not in `list_configs` (not a dataset).
+
     Raises:
         ValueError: unknown dataset name (the valid names are listed).
     """
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a string, got {type(name).__name__}")
     key = name.strip()
+    if key.lower() == GENERIC:
+        return _generic()
     lookup = {n.lower(): n for n in CONFIGS}
     canon = lookup.get(key.lower()) or _ALIASES.get(key.lower())
     if canon is None:
-        raise ValueError(f"`name`: unknown dataset {name!r}; known: {list_configs()}")
+        raise ValueError(f"`name`: unknown dataset {name!r}; known: {[GENERIC, *list_configs()]}")
     return DFZSLConfig.from_dict(CONFIGS[canon].to_dict())
+
+
+# ------------------------------------------------------------------------------------------
+# profiles: the published schedule or a CPU-friendly one
+# ------------------------------------------------------------------------------------------
+
+
+# "fast" (ours): each value measured on 30-class CLIP-like worlds on 2 CPU cores
+# (tests/pipeline/test_profiles.py times it). The vMF generator needs no training and measured
+# better than TF-VAEGAN (issue 8); stage 1 converges well before 1000 steps on few classes.
+_FAST = {
+    "simulator": {"epochs": 300, "num": 100},
+    "flpt": {"validate": False, "batch_size": 32},
+    "generator": {"kind": "vmf", "syn_num": 200},
+    "classifier": {"epochs": 30},
+}
+
+
+def apply_profile(cfg: DFZSLConfig, profile: str) -> DFZSLConfig:
+    """`cfg` with the stage schedule of `profile` (a new config; `cfg` is not changed).
+
+    ``"published"`` returns the config's own schedule unchanged (only ``profile`` is set);
+    ``"fast"`` caps the schedule for a CPU: ``generator.kind="vmf"`` (no generator training),
+    at most 300 stage-1 steps and 100 virtual samples per class, prompt tuning without the
+    validation run and with batches of 32, at most 200 synthetic features per new class and at
+    most 30 classifier epochs (the estimate still chooses among them). Values already below a
+    cap are kept.
+
+    Raises:
+        ValueError: an unknown profile (the choices are listed).
+        TypeError: `cfg` is not a DFZSLConfig.
+    """
+    if not isinstance(cfg, DFZSLConfig):
+        raise TypeError(f"`cfg`: expected a DFZSLConfig, got {type(cfg).__name__}")
+    if profile not in PROFILES:
+        raise ValueError(f"`profile`: unknown profile {profile!r}; choices: {list(PROFILES)}")
+    d = cfg.to_dict()
+    d["profile"] = profile
+    if profile == "fast":
+        for sec, values in _FAST.items():
+            for k, v in values.items():
+                cur = d[sec][k]
+                if isinstance(v, bool) or isinstance(v, str):
+                    d[sec][k] = v
+                elif k == "batch_size":
+                    d[sec][k] = max(cur, v)
+                else:
+                    d[sec][k] = min(cur, v)
+    return DFZSLConfig.from_dict(d)
+
+
+def describe_config(cfg: DFZSLConfig) -> str:
+    """A few human-readable lines: name, profile, template, class counts, main schedule."""
+    if not isinstance(cfg, DFZSLConfig):
+        raise TypeError(f"`cfg`: expected a DFZSLConfig, got {type(cfg).__name__}")
+    s, f, g, c = cfg.simulator, cfg.flpt, cfg.generator, cfg.classifier
+    if cfg.num_classes is None:
+        counts = "any (set by your class names)"
+    else:
+        counts = f"{cfg.num_classes} ({cfg.num_seen} seen, {cfg.num_unseen} new)"
+    gen = (f"vMF sampling, {g.syn_num} features per new class" if g.kind == "vmf" else
+           f"TF-VAEGAN, {g.epochs} epochs, {g.syn_num} features per new class")
+    flpt = (f"{f.epochs} epoch(s), batch {f.batch_size}"
+            + (", steps chosen on held-out base classes" if f.validate else ""))
+    cls = f"up to {c.epochs} epochs" if c.select_epochs and c.frame == "centred" else \
+        f"{c.epochs} epochs"
+    return "\n".join([
+        f"{cfg.name} ({cfg.protocol}), profile {cfg.profile}",
+        f"  template:        {cfg.template!r}",
+        f"  classes:         {counts}",
+        f"  stage 1 virtual: {s.epochs} steps, {s.num} virtual features per seen class",
+        f"  stage 2 prompts: {flpt}",
+        f"  stage 3 new:     {gen}",
+        f"  stage 4 head:    {cls}, {c.frame} frame",
+    ])
+
+
+def preset_mismatch(cfg: DFZSLConfig, class_names: Any, n_seen: int | None) -> list[str]:
+    """Warnings when a dataset preset does not fit the user's classes (empty: it fits).
+
+    Args:
+        cfg: the config about to run.
+        class_names: the user's class names (all of them, seen and new).
+        n_seen: how many of them are seen (the teacher's classes); None: unknown.
+
+    Returns:
+        One sentence per mismatch: class count, seen count, and a template naming a domain
+        (", a type of animal") when the preset is a dataset's. The generic preset (no counts,
+        the plain template) never warns.
+    """
+    names = list(class_names)
+    out: list[str] = []
+    preset = f"the {cfg.name} preset"
+    if cfg.num_classes is not None and cfg.num_classes != len(names):
+        out.append(f"{preset} is for {cfg.num_classes} classes, you gave {len(names)}")
+    if n_seen is not None and cfg.num_seen is not None and cfg.num_seen != n_seen:
+        out.append(f"{preset} is for {cfg.num_seen} seen classes, your teacher has {n_seen}")
+    if cfg.template != "a photo of a {}." and out:
+        out.append(f"{preset}'s template {cfg.template!r} is for its own dataset; "
+                   f"for other classes use the generic preset (template 'a photo of a {{}}.')")
+    return out

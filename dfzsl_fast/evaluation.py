@@ -485,21 +485,34 @@ def _plot_per_class(out: Path, per_class, class_names, seen_classes, metrics, ti
 
 
 def plot_feature_projection(out: str | os.PathLike, class_names: Sequence[str], seen, unseen,
-                            features: Mapping[str, tuple], *, per_group: int = 5) -> Path | None:
+                            features: Mapping[str, tuple], *, per_group: int = 20) -> Path | None:
     """``out/plots/features_pca.png``: a joint PCA of feature sets (e.g. virtual, synthesized,
-    test; name -> (x, y)) for the first `per_group` seen and unseen classes (None, with a
-    warning, without matplotlib)."""
+    test; name -> (x, y)), seen and new classes in two colour families, with a caption saying
+    what a healthy picture looks like (None, with a warning, without matplotlib).
+
+    Every class is shown when there are at most 2 * `per_group`; otherwise the first
+    `per_group` seen and the first `per_group` new classes, and the title says so."""
     import torch
 
     try:
         from .plots import plot_feature_projection as _plot
 
-        shown = torch.cat([torch.as_tensor(seen)[:per_group],
-                           torch.as_tensor(unseen)[:per_group]]).tolist()
+        seen_l = torch.as_tensor(seen).reshape(-1).tolist()
+        unseen_l = torch.as_tensor(unseen).reshape(-1).tolist()
+        names = ", ".join(features)
+        if len(seen_l) + len(unseen_l) <= 2 * per_group:
+            shown = seen_l + unseen_l
+            title = (f"PCA of {names} features: all {len(seen_l)} seen and {len(unseen_l)} "
+                     "new classes")
+        else:
+            shown = seen_l[:per_group] + unseen_l[:per_group]
+            title = (f"PCA of {names} features: the first {min(per_group, len(seen_l))} of "
+                     f"{len(seen_l)} seen and {min(per_group, len(unseen_l))} of "
+                     f"{len(unseen_l)} new classes (too many to tell apart)")
         return _plot(
             {k: v[0] for k, v in features.items()}, {k: v[1] for k, v in features.items()},
             Path(out) / "plots" / "features_pca.png", class_names=list(class_names),
-            classes=shown, max_per_class=60, title=", ".join(features) + " features (PCA)",
+            classes=shown, max_per_class=60, title=title, seen_classes=seen_l,
         )
     except ImportError as exc:
         log.warning("plots skipped: %s", exc)

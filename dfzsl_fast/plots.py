@@ -245,8 +245,14 @@ def plot_feature_projection(
     normalize: bool = True,
     title: str | None = None,
     dpi: int = 120,
+    seen_classes: Sequence[int] | None = None,
+    caption: str | None = None,
 ) -> Path:
     """Scatter several feature sets in one 2-D projection: colour = class, marker = set.
+
+    With ``seen_classes`` the colour family says which classes are seen (blues and greens) and
+    which are new (reds and yellows), the class legend marks them ``[seen]`` / ``[new]``, and a
+    caption under the plot says what a healthy picture looks like.
 
     Typical sets: ``{"virtual": vMF features, "synthesized": generator output, "test": real
     CLIP image features}``. All sets are projected together, so their relative positions are
@@ -263,8 +269,12 @@ def plot_feature_projection(
         seed: seeds the subsampling (and t-SNE).
         method: "pca" (default, fast: one SVD) or "tsne" (scikit-learn; slow, off by default).
         normalize: L2-normalise rows first (default True: the classifiers compare directions).
-        title: figure title (default names the method).
+        title: figure title (default names the method and the classes shown).
         dpi: resolution.
+        seen_classes: labels of the seen (base) classes; the others are new. None: one
+            colour cycle for all classes and no seen/new marking.
+        caption: text under the plot; None: a default saying what a healthy picture looks like
+            (when ``seen_classes`` is given), "": none.
 
     Returns:
         ``path`` as a ``Path``.
@@ -310,8 +320,17 @@ def plot_feature_projection(
     ax = fig.add_subplot(1, 1, 1)
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20"]
-    color_of = {c: cmap(i % 20) for i, c in enumerate(chosen)}
+    seen_set = None if seen_classes is None else {int(c) for c in seen_classes}
+    if seen_set is None:
+        cmap = colormaps["tab20"]
+        color_of = {c: cmap(i % 20) for i, c in enumerate(chosen)}
+    else:
+        color_of = {}
+        for fam, group in (("winter", [c for c in chosen if c in seen_set]),
+                           ("autumn", [c for c in chosen if c not in seen_set])):
+            cm = colormaps[fam]
+            for i, c in enumerate(group):
+                color_of[c] = cm(0.1 + 0.8 * i / max(1, len(group) - 1))
     start = 0
     for j, k in enumerate(keys):
         n = rows[k].size
@@ -331,18 +350,34 @@ def plot_feature_projection(
         for j, k in enumerate(keys)
     ]
     leg = ax.legend(handles=set_handles, loc="upper left", fontsize=8, title="set")
-    if len(chosen) <= 20:
+
+    def _name(c: int) -> str:
+        name = class_names[c] if class_names is not None and c < len(class_names) else str(c)
+        if seen_set is None:
+            return name
+        return f"[{'seen' if c in seen_set else 'new'}] {name}"
+
+    if len(chosen) <= 40:
         ax.add_artist(leg)
-        cls_handles = [
-            Line2D([], [], color=color_of[c], marker="o", linestyle="",
-                   label=class_names[c] if class_names is not None and c < len(class_names)
-                   else str(c))
-            for c in chosen
-        ]
+        order = chosen if seen_set is None else sorted(chosen, key=lambda c: c not in seen_set)
+        cls_handles = [Line2D([], [], color=color_of[c], marker="o", linestyle="",
+                              label=_name(c)) for c in order]
         ax.legend(handles=cls_handles, loc="center left", bbox_to_anchor=(1.01, 0.5),
-                  fontsize=7, title="class")
+                  fontsize=7 if len(chosen) <= 20 else 5, title="class",
+                  ncol=1 if len(chosen) <= 20 else 2)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title or f"{method.upper()} of {', '.join(keys)} features "
-                 f"({len(chosen)} classes)", fontsize=10)
+    if seen_set is None:
+        what = f"{len(chosen)} classes"
+    else:
+        n_seen = sum(c in seen_set for c in chosen)
+        what = f"{n_seen} seen, {len(chosen) - n_seen} new classes"
+    ax.set_title(title or f"{method.upper()} of {', '.join(keys)} features ({what})", fontsize=10)
+    if caption is None and seen_set is not None:
+        caption = ("Healthy: each new class's synthesized features lie near that class's test "
+                   "features, and seen classes form separate clusters.\nColour: seen classes "
+                   "blue-green, new classes red-yellow; marker: feature set.")
+    if caption:
+        fig.text(0.01, 0.01, caption, fontsize=7, ha="left", va="bottom", wrap=True)
+        fig.subplots_adjust(bottom=0.14)
     return _save(fig, path, dpi)

@@ -1,4 +1,9 @@
-"""A tiny progress reporter: tqdm when it is installed, else a few plain lines on stderr."""
+"""A tiny progress reporter: a tqdm bar on a terminal, else a few plain lines on stderr.
+
+When stderr is not a terminal (a log file, a pipe, a CI job) carriage-return bars would fill the
+log with redrawn lines, so plain lines are printed instead: one at each tenth of the work, and
+one at least every `Progress.PLAIN_EVERY_S` seconds when a tenth takes longer.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +19,15 @@ except Exception:  # pragma: no cover - depends on the environment
     _tqdm = None
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return bool(sys.stderr.isatty())
+    except (AttributeError, ValueError):  # replaced or closed stream
+        return False
+
+
 class Progress:
-    """Counts `total` steps; shows a tqdm bar, or about ten plain lines on stderr without tqdm.
+    """Counts `total` steps; a tqdm bar on a terminal, else about ten plain lines on stderr.
 
     Args:
         total: number of steps expected (>= 0).
@@ -28,6 +40,9 @@ class Progress:
         ...         bar.update(loss=0.1)
     """
 
+    #: seconds after which a plain line is printed even when the next tenth is not reached
+    PLAIN_EVERY_S: float = 60.0
+
     def __init__(self, total: int, desc: str, enabled: bool = True) -> None:
         self.total = max(int(total), 0)
         self.desc = desc
@@ -39,7 +54,8 @@ class Progress:
         self._every = max(1, self.total // 10)
         self._next = self._every
         self._t0 = time.perf_counter()
-        if self.enabled and _tqdm is not None:
+        self._last = self._t0
+        if self.enabled and _tqdm is not None and _stderr_is_terminal():
             self._bar = _tqdm(total=self.total, desc=desc, leave=False, dynamic_ncols=True)
 
     def update(self, n: int = 1, **postfix: Any) -> None:
@@ -51,13 +67,15 @@ class Progress:
             if postfix:
                 self._bar.set_postfix({k: _fmt(v) for k, v in postfix.items()}, refresh=False)
             self._bar.update(n)
-        elif self.n >= self._next or self.n == self.total:
+            return
+        now = time.perf_counter()
+        if self.n >= self._next or self.n == self.total or now - self._last >= self.PLAIN_EVERY_S:
             self._next = (self.n // self._every + 1) * self._every
+            self._last = now
             extra = " ".join(f"{k}={_fmt(v)}" for k, v in postfix.items())
-            dt = time.perf_counter() - self._t0
-            print(
-                f"{self.desc}: {self.n}/{self.total} [{dt:.1f}s] {extra}".rstrip(), file=sys.stderr
-            )
+            pct = f" ({100 * self.n // self.total}%)" if self.total else ""
+            print(f"{self.desc}: {self.n}/{self.total}{pct} [{now - self._t0:.1f}s] {extra}"
+                  .rstrip(), file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self._bar is not None:

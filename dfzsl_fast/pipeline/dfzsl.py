@@ -248,7 +248,7 @@ class DFZSL:
                     "classifier": self.config.classifier}
             v = select_flpt_steps(tower, names, self.config.template, xv, yv_all, seen, fcfg,
                                   seed=self.config.seed, holdout_fraction=fcfg.holdout_fraction,
-                                  downstream=down)
+                                  downstream=down, progress=self.progress)
             if v.steps >= 0:
                 steps = v.steps
                 best = max(v.curve, key=lambda r: (r[3], -r[0]))
@@ -271,6 +271,33 @@ class DFZSL:
         T1 = res.text_features.detach().to(device=device, dtype=torch.float32)
         shift = res.residual.detach().to(device=device, dtype=torch.float32)
         return T1, shift, note
+
+    def _log_cached(self, what: str, stage: str) -> None:
+        log.info("%s: loaded from the cache (%s)", what, self.cache.path(stage))
+
+    def _stale_checkpoints(self, key: str | None) -> list[Path]:
+        """Remove TF-VAEGAN checkpoints of other configurations from the cache folder.
+
+        A checkpoint (``generator-<key>.pt``) only serves a resumed run of its own key; once
+        stage 3 of another key is complete (computed or loaded), those of other keys are dead
+        weight (hundreds of MB at hidden 1024). Returns the removed paths (each logged).
+        """
+        if not self.cache.enabled or not self.cache.root.is_dir():
+            return []
+        keep = None if key is None else f"generator-{key[:12]}.pt"
+        removed = []
+        for p in sorted(self.cache.root.glob("generator-*.pt")):
+            if p.name != keep and p.is_file():
+                try:
+                    p.unlink()
+                except OSError as exc:
+                    log.warning("could not remove the stale generator checkpoint %s (%s)", p, exc)
+                    continue
+                removed.append(p)
+        if removed:
+            log.info("removed %d generator checkpoint(s) of other configurations: %s",
+                     len(removed), ", ".join(p.name for p in removed))
+        return removed
 
     # ------------------------------------------------------------------------------------------
     # the whole pipeline
@@ -348,7 +375,9 @@ class DFZSL:
         keep = KeepStats(tens["drawn"].cpu(), tens["kept"].cpu())
         if hit:
             cached.append("virtual")
-        log.info("stage 1 (virtual): %s", keep)
+            self._log_cached("stage 1 (virtual)", "virtual")
+        else:
+            log.info("stage 1 (virtual): %s", keep)
         timings["virtual"] = time.perf_counter() - t0
         yv_all = seen.to(device)[yv]  # labels in class_names indices
 
@@ -372,6 +401,7 @@ class DFZSL:
             prompt_tuning = meta.get("prompt_tuning", "done")
             if hit:
                 cached.append("prompts")
+                self._log_cached("stage 2 (prompt tuning)", "prompts")
             if shift is not None and not bool(shift.any()):
                 shift = None
         timings["prompts"] = time.perf_counter() - t0
@@ -438,6 +468,8 @@ class DFZSL:
         xu, yu = tens["x"], tens["y"]
         if hit:
             cached.append("generator")
+            self._log_cached("stage 3 (new-class features)", "synthetic")
+        self._stale_checkpoints(k3 if gcfg.kind == "tfvaegan" else None)
         timings["generator"] = time.perf_counter() - t0
 
         # 4a. will it beat zero-shot, and after how many classifier epochs? (held-out base

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..config import FLPTConfig
 from ..hashing import seeded_generator
 from ..metrics import harmonic_mean, per_class_accuracy
+from ._progress import Progress
 from .flpt import PromptLearner, train_flpt
 
 __all__ = ["FLPTValidation", "select_flpt_steps"]
@@ -80,6 +81,7 @@ def select_flpt_steps(
     num_evals: int = 2,
     max_eval_rows: int = 4000,
     downstream: dict | None = None,
+    progress: bool = False,
 ) -> FLPTValidation:
     """Choose the prompt-tuning budget on a class-disjoint split of the virtual base features.
 
@@ -97,6 +99,7 @@ def select_flpt_steps(
             features) and scores it on held-out data (GZSL H over fitted vs held-out classes),
             so the criterion sees the effect of the tuned text on the whole downstream. Without
             it, the current text features classify directly.
+        progress: show the validation run's progress (a bar on a terminal, else plain lines).
 
     Returns:
         `FLPTValidation`.
@@ -167,12 +170,15 @@ def select_flpt_steps(
     learner0 = PromptLearner.from_config(tower, config, seed=seed)
     measure(0, learner0)
 
-    def callback(step: int, learner: PromptLearner, loss: float) -> None:
-        if step % every == 0 or step == total:
-            measure(step, learner)
+    with Progress(total, "dfzsl stage 2: prompt validation", enabled=progress) as bar:
 
-    train_flpt(tower, list(class_names), template, x_fit, y_fit, fit_classes, config,
-               seed=seed, progress=False, callback=callback)
+        def callback(step: int, learner: PromptLearner, loss: float) -> None:
+            if step % every == 0 or step == total:
+                measure(step, learner)
+            bar.update(loss=loss)
+
+        train_flpt(tower, list(class_names), template, x_fit, y_fit, fit_classes, config,
+                   seed=seed, progress=False, callback=callback)
     best = max(curve, key=lambda r: (r[3], -r[0]))
     frac = best[0] / total if total else 0.0
     full_total = math.ceil(features.shape[0] / config.batch_size) * config.epochs
