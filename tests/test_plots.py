@@ -138,3 +138,71 @@ def test_no_pyplot_import(tmp_path):
     plots.plot_feature_projection({"a": torch.randn(5, 3)}, {"a": torch.zeros(5)},
                                   tmp_path / "y.png")
     assert "matplotlib.pyplot" not in sys.modules
+
+
+def _capture_fig(monkeypatch):
+    got = {}
+    real = plots._save
+
+    def save(fig, path, dpi):
+        got["fig"] = fig
+        return real(fig, path, dpi)
+
+    monkeypatch.setattr(plots, "_save", save)
+    return got
+
+
+def _texts(fig):
+    ax = fig.axes[0]
+    out = [ax.get_title()] + [t.get_text() for t in fig.texts]
+    for leg in [*ax.artists, ax.get_legend()]:
+        if leg is not None and hasattr(leg, "get_texts"):
+            out += [t.get_text() for t in leg.get_texts()]
+    return out
+
+
+def test_feature_projection_marks_seen_and_new(tmp_path, monkeypatch):
+    got = _capture_fig(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(30).repeat_interleave(5)
+    x = torch.randn(150, 16, generator=g)
+    names = [f"c{i}" for i in range(30)]
+    p = plots.plot_feature_projection({"test": x, "synthesized": x}, {"test": y, "synthesized": y},
+                                      tmp_path / "p.png", class_names=names, max_classes=30,
+                                      seen_classes=range(20))
+    assert _is_png(p)
+    texts = _texts(got["fig"])
+    assert "20 seen, 10 new classes" in texts[0]
+    assert any(t.startswith("Healthy") for t in texts)
+    assert sum(t.startswith("[seen] ") for t in texts) == 20
+    assert sum(t.startswith("[new] ") for t in texts) == 10
+    # the two colour families do not share a colour
+    ax = got["fig"].axes[0]
+    cols = {t.get_text(): tuple(h.get_color()) for t, h in
+            zip(ax.get_legend().get_texts(), ax.get_legend().legend_handles, strict=True)}
+    seen_c = {c for t, c in cols.items() if t.startswith("[seen]")}
+    new_c = {c for t, c in cols.items() if t.startswith("[new]")}
+    assert seen_c and new_c and not seen_c & new_c
+    # caption="" draws none
+    plots.plot_feature_projection({"test": x}, {"test": y}, tmp_path / "q.png",
+                                  seen_classes=range(20), caption="")
+    assert got["fig"].texts == []
+
+
+@pytest.mark.parametrize("n_seen,n_new,subset", [(20, 10, False), (60, 40, True)])
+def test_evaluation_pca_shows_every_class_or_says_which(tmp_path, monkeypatch, n_seen, n_new,
+                                                        subset):
+    from dfzsl_fast.evaluation import plot_feature_projection
+
+    got = _capture_fig(monkeypatch)
+    C = n_seen + n_new
+    y = torch.arange(C).repeat_interleave(3)
+    x = torch.randn(y.numel(), 8, generator=torch.Generator().manual_seed(1))
+    p = plot_feature_projection(tmp_path, [f"c{i}" for i in range(C)], torch.arange(n_seen),
+                                torch.arange(n_seen, C), {"test": (x, y)})
+    assert _is_png(p) and p.name == "features_pca.png"
+    title = _texts(got["fig"])[0]
+    if subset:
+        assert f"the first 20 of {n_seen} seen and 20 of {n_new} new" in title
+    else:
+        assert f"all {n_seen} seen and {n_new} new classes" in title
