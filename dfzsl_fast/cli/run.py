@@ -231,6 +231,10 @@ def run(args: argparse.Namespace) -> int:
     if args.profile is None:
         is_file = Path(args.config).suffix.lower() == ".json" or Path(args.config).is_file()
         args.profile = "as written in the file" if is_file else "fast"
+        from .. import config as _config
+
+        if not is_file and not hasattr(_config, "apply_profile"):  # an older library
+            args.profile = "as shipped (this dfzsl_fast build has no profiles)"
     cfg = load_run_config(args.config, args.set,
                           profile=args.profile if args.profile in ("fast", "published") else None)
     if args.seed is not None:
@@ -260,9 +264,11 @@ def run(args: argparse.Namespace) -> int:
     pipe.check_inputs(weight, names, seen, tower, text_features)
     print(f"dfzsl-fast run: config {args.config}, profile {args.profile}, results in {out}",
           flush=True)
-    (preset_mismatch,) = _config_api("preset_mismatch")
-    for warning in preset_mismatch(cfg, names, len(seen)):
-        print(f"warning: {warning}", flush=True)
+    from .. import config as _config
+
+    if hasattr(_config, "preset_mismatch"):  # warnings only: skipped by an older library
+        for warning in _config.preset_mismatch(cfg, names, len(seen)):
+            print(f"warning: {warning}", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     with log_to(out, args.log_level):
