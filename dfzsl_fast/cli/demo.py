@@ -8,6 +8,9 @@ from typing import Any
 
 from ._common import (
     SELECTION_NOTE,
+    add_set_option,
+    apply_overrides,
+    build_config,
     check_output_dir,
     default_out_dir,
     far_below_zero_shot,
@@ -19,6 +22,7 @@ from ._common import (
 EXAMPLE = """example:
   dfzsl-fast demo                      # AWA2 class names, seed 0, about 5 minutes on 2 cores
   dfzsl-fast demo --dataset APY --seed 1 --out runs/demo-apy
+  dfzsl-fast demo --dataset APY --no-icis --set generator.kind=vmf   # about a minute
 
 Results go to runs/demo-<date>-<time>/ under the current folder unless --out is given; the
 folder is printed at the end.
@@ -52,10 +56,18 @@ def add(sub: Any) -> None:
     p.add_argument("--no-icis", action="store_true", help="skip ICIS")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_set_option(p, "generator.kind=vmf (on dfzsl_fast.demo.demo_config)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    config = None
+    if args.set:
+        from ..config import DFZSLConfig
+        from ..demo import demo_config
+
+        config = build_config(DFZSLConfig, apply_overrides(
+            demo_config(args.dataset, seed=args.seed).to_dict(), args.set))
     out = check_output_dir(args.out if args.out is not None else default_out_dir("demo"),
                            "--out", reuse=args.overwrite)
 
@@ -66,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     out.mkdir(parents=True, exist_ok=True)
     with log_to(out, "warning", file_level="info"):
-        s = run_demo(args.dataset, seed=args.seed, out_dir=out, with_icis=not args.no_icis,
-                     progress=not args.no_progress, plots=not args.no_plots)
+        s = run_demo(args.dataset, seed=args.seed, out_dir=out, config=config,
+                     with_icis=not args.no_icis, progress=not args.no_progress,
+                     plots=not args.no_plots)
     w = s["world"]
     print(f"\nworld: {w['classes']} classes ({w['seen']} seen / {w['unseen']} unseen), teacher "
           f"seen accuracy {100 * w['teacher_seen_acc']:.1f}%; prompt tuning {s['prompt_tuning']}")
