@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: Flags appended to make a command quick; the command itself stays as the README writes it.
 SHORTER = {
     "demo": ["--no-icis", "--no-plots", "--no-progress", "--set", "generator.kind=vmf",
-             "--set", "simulator.num=60"],
+             "--set", "simulator.num=60", "--set", "simulator.epochs=100"],
     "sample": ["--dim", "16"],
     "evaluate": ["--no-plot"],
 }

@@ -47,8 +47,8 @@ def add(sub: Any) -> None:
     s.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     s.add_argument("--backend", default=None, choices=["auto", "native", "triton", "torch"])
     s.add_argument("--seed", type=_int(0, 2**63 - 1), default=0)
-    s.add_argument("--chunk", type=_int(1, 1 << 30), default=1 << 16,
-                   help="rows per call (default 65536)")
+    s.add_argument("--chunk", type=_int(1, 1 << 30), default=1 << 18,
+                   help="rows per call (default 262144)")
     s.add_argument("--output", default=None,
                    help="save samples, labels and means (torch.save)")
     s.add_argument("--overwrite", action="store_true", help="replace an existing --output")
