@@ -303,7 +303,7 @@ def far_below_zero_shot(method: str, h: float | None, h_zero_shot: float | None,
         return None
     return (f"warning: {method} scores H {100 * h:.1f}, {100 * (h_zero_shot - h):.1f} points "
             f"below plain zero-shot CLIP ({100 * h_zero_shot:.1f}): on these data it does worse "
-            f"than using the class names alone; use zero-shot CLIP here.")
+            f"than classifying with the class names alone.")
 
 
 SELECTION_NOTE = (

@@ -47,7 +47,7 @@ def _cwd_in_tmp(tmp_path_factory):
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ERROR_LINE = re.compile(r"^dfzsl-fast( [a-z-]+)?: error: \S")
-COMMANDS = ["info", "sample", "evaluate", "inject", "run", "demo", "extract-features"]
+COMMANDS = ["info", "configs", "sample", "evaluate", "inject", "run", "demo", "extract-features"]
 _counter = itertools.count()
 
 
@@ -91,6 +91,7 @@ def argv_for(cmd: str, f: Path, out: Path) -> list[str]:
     """A valid command line of ``cmd`` writing under ``out``."""
     return {
         "info": ["info"],
+        "configs": ["configs", "AWA2"],
         "sample": ["sample", "--classes", "3", "--per-class", "20", "--dim", "8",
                    "--output", str(out / "s.pt")],
         "evaluate": ["evaluate", "--classifier", str(f / "ext.safetensors"), "--features",
