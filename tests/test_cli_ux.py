@@ -242,3 +242,44 @@ def test_sample_memory_is_bounded_and_names_its_backend():
     assert after - before < 1.5 * output, (after - before) / output
     assert "backend = None" not in r.stdout
     assert re.search(r"backend = (native|torch|triton)", r.stdout), r.stdout
+
+
+def test_bad_demo_set_or_missing_profile_api_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--set", "nope=1", "--no-progress"]) == 2
+    assert "--set" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    from dfzsl_fast import config
+    from dfzsl_fast.cli.run import load_run_config
+
+    monkeypatch.delattr(config, "apply_profile", raising=False)
+    with pytest.raises(Exception, match="apply_profile"):
+        load_run_config("AWA2", profile="published")
+    assert main(["configs", "AWA2", "--profile", "fast"]) == 2
+    assert "apply_profile" in capsys.readouterr().err
+
+
+def test_demo_output_explains_itself(tmp_path, monkeypatch, capsys):
+    """The lines under the demo's table, on a stubbed summary (no pipeline run)."""
+    import dfzsl_fast.demo
+
+    def fake(dataset, *, out_dir, **kw):
+        import logging
+
+        logging.getLogger("dfzsl_fast.pipeline").info("a stage finished")
+        return {"world": {"classes": 32, "seen": 20, "unseen": 12, "teacher_seen_acc": 0.9},
+                "prompt_tuning": "skipped", "zero_shot": {"S": 0.6, "U": 0.6, "H": 0.6},
+                "icis_published": {"S": 0.97, "U": 0.001, "H": 0.003},
+                "dfzsl": {"S": 0.9, "U": 0.65, "H": 0.75}, "selection": "0 of 30 epochs",
+                "dfzsl_paper_protocol_max_over_epochs": {"H": 0.77}, "timings_s": {"all": 1.0}}
+
+    monkeypatch.setattr(dfzsl_fast.demo, "run_demo", fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "harmonic mean" in out
+    assert "warning: ICIS (published) scores H 0.3" in out and "warning: DFZSL" not in out
+    assert "peeks at the answers" in out and "H 77.0" in out
+    folder = _printed_folder(out)
+    assert folder.name.startswith("demo-")
+    assert "a stage finished" in (tmp_path / folder / "log.txt").read_text()
