@@ -51,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
               f"dfzsl-fast run NAME ... uses one):")
         for n in names:
             print(f"  {n}")
+        if "generic" not in [n.lower() for n in names] and _has_generic(config):
+            print("  generic   (for your own classes: plain 'a photo of a {}.' template)")
         if hasattr(config, "PROFILES"):
             print(f"profiles (dfzsl-fast run --profile): {', '.join(config.PROFILES)}")
         return 0
@@ -72,3 +74,11 @@ def run(args: argparse.Namespace) -> int:
         print()
     print(text)
     return 0
+
+
+def _has_generic(config) -> bool:
+    try:
+        config.get_config("generic")
+    except (ValueError, TypeError):
+        return False
+    return True

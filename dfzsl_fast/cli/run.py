@@ -117,6 +117,11 @@ def _config_api(*names: str):
     return [getattr(config, n) for n in names]
 
 
+def _has_profile_field(cls) -> bool:
+    """Whether this library's DFZSLConfig records its profile itself (branch `lib`)."""
+    return "profile" in getattr(cls, "__dataclass_fields__", {})
+
+
 def load_run_config(spec: str, overrides: list[str] | None = None,
                     profile: str | None = None):
     """A `DFZSLConfig` from a preset name or a JSON file, with a profile (``fast`` or
@@ -134,7 +139,7 @@ def load_run_config(spec: str, overrides: list[str] | None = None,
         import json
 
         data = json.loads(check_input_file(p, "CONFIG").read_text(encoding="utf-8"))
-        if isinstance(data, dict):
+        if isinstance(data, dict) and not _has_profile_field(DFZSLConfig):
             data.pop("profile", None)  # recorded by `dfzsl-fast run` in config.json
         cfg = build_config(DFZSLConfig, data, "CONFIG").to_dict()
     else:
@@ -262,6 +267,8 @@ def run(args: argparse.Namespace) -> int:
         test = (ff.features.to(torch.float32), y)
     pipe = DFZSL(cfg, cache_dir=out / "cache", device=device, progress=not args.no_progress)
     pipe.check_inputs(weight, names, seen, tower, text_features)
+    if isinstance(getattr(cfg, "profile", None), str):
+        args.profile = cfg.profile  # what the config says it is (a file's own profile)
     print(f"dfzsl-fast run: config {args.config}, profile {args.profile}, results in {out}",
           flush=True)
     from .. import config as _config
@@ -287,7 +294,9 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
     from ..io import save_classifier, save_json
     from ..pipeline.dfzsl import zero_shot_classifier
 
-    save_json(out / "config.json", {**cfg.to_dict(), "profile": args.profile})
+    data = cfg.to_dict()
+    data.setdefault("profile", args.profile)  # the library's own field wins where it has one
+    save_json(out / "config.json", data)
     t0 = time.perf_counter()
     res = pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features,
                    eval_data=test)
