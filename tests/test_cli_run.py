@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -17,6 +18,14 @@ C_ALL, C_S, D = 8, 5, 16
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _cwd_in_tmp(tmp_path_factory):
+    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
+    out of the repository."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
 
 
 @pytest.fixture()

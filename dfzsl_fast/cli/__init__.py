@@ -5,6 +5,7 @@
                                      built from real class names                (cli/demo.py)
     dfzsl-fast run CONFIG ...        the whole pipeline: base classifier + class names + text
                                      tower -> classifier over base + new classes (cli/run.py)
+    dfzsl-fast configs [NAME]        the shipped config presets, or one in full (cli/configs.py)
     dfzsl-fast sample [options]      exact vMF samples: throughput and a check  (cli/sample.py)
     dfzsl-fast evaluate ...          GZSL S/U/H (and B/N/HM) of a saved classifier on a
                                      feature file                               (cli/evaluate.py)
@@ -32,14 +33,14 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import demo, evaluate, extract, info, inject, run, sample
+from . import configs, demo, evaluate, extract, info, inject, run, sample
 from ._common import CommandFailed, UsageError
 
 __all__ = ["main", "build_parser", "COMMANDS", "UsageError", "CommandFailed", "CLIError", "PROG"]
 
 PROG = "dfzsl-fast"
 #: Command modules, in --help order: each has ``add(sub)`` and ``run(args)``.
-COMMANDS = [info, demo, run, sample, evaluate, inject, extract]
+COMMANDS = [info, demo, run, configs, sample, evaluate, inject, extract]
 #: Kept for callers of the former single-module CLI.
 CLIError = UsageError
 
@@ -103,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         debug = args.debug
         prog = f"{PROG} {args.cmd}"
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `dfzsl-fast configs | head`: the reader left; not an error
+        _silence_stdout()
+        return 0
     except KeyboardInterrupt:
         if debug:
             raise
@@ -123,6 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(prog, _one_line(exc) + ("" if isinstance(exc, _PLAIN + _PATH_ERRORS) else
                                         f" (run `{PROG} --debug ...` for the traceback)"))
         return 2 if isinstance(exc, (UsageError, *_PATH_ERRORS)) else 1
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # pragma: no cover - no real stdout
+        pass
 
 
 def _report(prog: str, message: str) -> None:

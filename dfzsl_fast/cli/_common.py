@@ -31,6 +31,10 @@ __all__ = [
     "check_input_file",
     "log_to",
     "pct",
+    "default_out_dir",
+    "legend",
+    "far_below_zero_shot",
+    "SELECTION_NOTE",
 ]
 
 
@@ -184,19 +188,27 @@ def check_input_file(path: str | os.PathLike, option: str) -> Path:
 
 
 @contextlib.contextmanager
-def log_to(folder: Path | None, level: str) -> Iterator[None]:
-    """Send the ``dfzsl_fast`` loggers to stderr (and ``folder/log.txt``) while a command runs;
-    the logging setup is restored afterwards (``main`` may be called in-process)."""
+def log_to(folder: Path | None, level: str, *, file_level: str | None = None) -> Iterator[None]:
+    """Send the ``dfzsl_fast`` loggers to stderr at ``level`` (and to ``folder/log.txt`` at
+    ``file_level``, default ``level``) while a command runs; the logging setup is restored
+    afterwards (``main`` may be called in-process). The file handler is flushed per record, so
+    log.txt holds every line of the run even if it is interrupted."""
     logger = logging.getLogger("dfzsl_fast")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level.upper())
+    handlers: list[logging.Handler] = [console]
+    levels = [level.upper()]
     if folder is not None:
-        handlers.append(logging.FileHandler(folder / "log.txt", encoding="utf-8"))
+        fh = logging.FileHandler(folder / "log.txt", encoding="utf-8")
+        fh.setLevel((file_level or level).upper())
+        handlers.append(fh)
+        levels.append((file_level or level).upper())
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     old = (logger.level, logger.propagate)
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
-    logger.setLevel(level.upper())
+    logger.setLevel(min(logging.getLevelName(x) for x in levels))
     logger.propagate = False
     try:
         yield
@@ -256,3 +268,47 @@ def add_set_option(p: argparse.ArgumentParser, example: str) -> None:
 def pct(v: float | None) -> str:
     """A fraction as a percentage with two decimals ("  n/a" for None)."""
     return "  n/a" if v is None else f"{100 * v:5.2f}"
+
+
+def default_out_dir(command: str, root: str | os.PathLike = "runs") -> Path:
+    """``runs/<command>-<YYYYmmdd-HHMMSS>`` under the current folder (a ``-2``, ``-3``, ...
+    suffix when that folder exists already); nothing is created."""
+    import time
+
+    base = Path(root) / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    p, i = base, 1
+    while p.exists() or p.is_symlink():
+        i += 1
+        p = base.with_name(f"{base.name}-{i}")
+    return p
+
+
+def legend(keys: Sequence[str]) -> str:
+    """One line defining the score columns shown (S/U/H and/or B/N/HM)."""
+    parts = []
+    if "S" in keys or "H" in keys:
+        parts.append("S = accuracy on seen (base) classes, U = on unseen (new) classes, both "
+                     "averaged per class with every class a possible answer; H = their harmonic "
+                     "mean (high only when both are)")
+    if "B" in keys or "HM" in keys:
+        parts.append("B / N = accuracy on base / new test images, choosing only among base / "
+                     "new classes; HM = their harmonic mean")
+    return "(" + "; ".join(parts) + "; all in %.)"
+
+
+def far_below_zero_shot(method: str, h: float | None, h_zero_shot: float | None,
+                        margin: float = 0.10) -> str | None:
+    """A plain warning when ``method``'s H is more than ``margin`` under zero-shot CLIP's."""
+    if h is None or h_zero_shot is None or not h < h_zero_shot - margin:
+        return None
+    return (f"warning: {method} scores H {100 * h:.1f}, {100 * (h_zero_shot - h):.1f} points "
+            f"below plain zero-shot CLIP ({100 * h_zero_shot:.1f}): on these data it does worse "
+            f"than classifying with the class names alone.")
+
+
+SELECTION_NOTE = (
+    "Note: the published code reports the best epoch as judged on the test images themselves, "
+    "i.e. it peeks at the answers; that gives {h} for DFZSL here. It is shown only for "
+    "comparison with the paper: the number to trust is the one above, where the epoch was "
+    "chosen without looking at test data ({selection})."
+)

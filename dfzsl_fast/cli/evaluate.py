@@ -11,7 +11,9 @@ from ._common import (
     check_device,
     check_input_file,
     check_output_dir,
+    default_out_dir,
     int_option,
+    legend,
     pct,
 )
 
@@ -27,7 +29,8 @@ inputs:
                 `labels` (N,): indices of the classifier's classes. If the file also has
                 `class_names`, labels are matched to the classifier's classes by name.
 
-outputs (with --out): metrics.json and per_class.csv in the schema of dfzsl_fast.evaluation
+outputs (in --out, default runs/evaluate-<YYYYmmdd-HHMMSS>/): metrics.json and per_class.csv
+in the schema of dfzsl_fast.evaluation
 (gzsl: S, U, H; base2new: B, N, HM; fractions in [0, 1]; per_class.csv: class_index,
 class_name, group, n_test, accuracy), plots/per_class_accuracy.png. GZSL S and U are per-class
 means, predictions over all classes; base-to-new B and N are sample-level accuracies with the
@@ -51,7 +54,8 @@ def add(sub: Any) -> None:
     p.add_argument("--features", required=True, metavar="FILE",
                    help="test feature file (.safetensors, .npz, .pt)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help="folder for metrics.json, per_class.csv, plots/ (default: print only)")
+                   help="folder for metrics.json, per_class.csv, plots/ "
+                   "(default: runs/evaluate-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--protocol", default="gzsl", choices=["gzsl", "base2new"],
                    help="gzsl (default): S/U/H; base2new: also B/N/HM")
     p.add_argument("--split", default=None, metavar="NAME[,NAME]",
@@ -73,10 +77,9 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_classifier, load_features
 
     device = check_device(args.device)
-    out = None
-    if args.out is not None:
-        out = check_output_dir(args.out, "--out", reuse=args.overwrite,
-                               clashing=("metrics.json", "per_class.csv"))
+    out = check_output_dir(args.out if args.out is not None else default_out_dir("evaluate"),
+                           "--out", reuse=args.overwrite,
+                           clashing=("metrics.json", "per_class.csv"))
     splits = None
     if args.split is not None:
         splits = [s for s in args.split.split(",") if s.strip()]
@@ -107,13 +110,13 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, normalize_features=args.normalize_features,
     )
     print_scores(scores)
-    if out is not None:
-        inputs = {"classifier": str(args.classifier), "features": str(args.features),
-                  "split": args.split, "normalize_features": bool(args.normalize_features)}
-        metrics = build_metrics("evaluate", scores, inputs=inputs,
-                                classifier_provenance=meta.get("provenance", {}))
-        written = write_evaluation(out, metrics, per_class, names, seen, plot=not args.no_plot)
-        print("wrote " + ", ".join(str(p) for p in written))
+    inputs = {"classifier": str(args.classifier), "features": str(args.features),
+              "split": args.split, "normalize_features": bool(args.normalize_features)}
+    metrics = build_metrics("evaluate", scores, inputs=inputs,
+                            classifier_provenance=meta.get("provenance", {}))
+    written = write_evaluation(out, metrics, per_class, names, seen, plot=not args.no_plot)
+    print("wrote " + ", ".join(str(p) for p in written))
+    print(f"results in {out}")
     return 0
 
 
@@ -133,3 +136,7 @@ def print_scores(scores: dict[str, Any], label: str = "") -> None:
         b = scores["base2new"]
         print(f"{label}B2N    B = {pct(b['B'])}  N = {pct(b['N'])}  HM = {pct(b['HM'])}  "
               f"(sample-level, argmax within base / within new)")
+    shown = (("S", scores["closed_set"] is None and scores["gzsl"]), ("B", scores["base2new"]))
+    keys = [k for k, blk in shown if blk]
+    if keys:
+        print(f"{label}{legend(keys)}")

@@ -15,6 +15,7 @@ from ._common import (
     check_device,
     check_input_file,
     check_output_file,
+    default_out_dir,
     float_option,
     int_option,
 )
@@ -68,7 +69,9 @@ def add(sub: Any) -> None:
                    help="(C_new, A) descriptors of the new classes")
     p.add_argument("--new-names", nargs="+", default=None, metavar="NAMES",
                    help="names file (one per line / JSON list), or the names themselves")
-    p.add_argument("--out", required=True, metavar="PATH", help="extended head (.safetensors)")
+    p.add_argument("--out", default=None, metavar="PATH",
+                   help="extended head (.safetensors; default: "
+                   "runs/inject-<YYYYmmdd-HHMMSS>/classifier.safetensors)")
     p.add_argument("--epochs", type=int_option(1, LIMITS["epochs"]), default=None,
                    help="max epochs (default 1000)")
     p.add_argument("--hidden", type=int_option(1, LIMITS["hidden"]), default=None,
@@ -145,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
     # every option, then every input, before any work or output
     cfg = icis_config(args)
     device = check_device(args.device)
-    out = check_output_file(args.out, "--out", overwrite=args.overwrite,
+    out_path = args.out
+    if out_path is None:
+        out_path = default_out_dir("inject") / "classifier.safetensors"
+    out = check_output_file(out_path, "--out", overwrite=args.overwrite,
                             suffixes=(".safetensors",))
     head, meta = load_classifier(check_input_file(args.classifier, "--classifier"),
                                  device=device)
@@ -226,4 +232,5 @@ def run(args: argparse.Namespace) -> int:
           f"final loss {loss}, {info.seconds:.1f} s")
     print(f"saved {C + len(new_names)} classes ({len(seen)} seen, "
           f"{len(unseen) + len(new_names)} unseen) to {out}")
+    print(f"results in {out.parent}")
     return 0

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    SELECTION_NOTE,
     UsageError,
     add_set_option,
     apply_overrides,
@@ -17,7 +18,10 @@ from ._common import (
     check_device,
     check_input_file,
     check_output_dir,
+    default_out_dir,
+    far_below_zero_shot,
     int_option,
+    legend,
     log_to,
 )
 
@@ -36,9 +40,13 @@ EXAMPLE = """examples:
   # shorten a stage: --set KEY=VALUE (dotted config keys; JSON values)
   dfzsl-fast run AWA2 ... --set generator.epochs=20 --set flpt.batch_size=64
 
-CONFIG is a shipped preset (AWA2, CUB, SUN, FLO, APY, ImageNet, Caltech101, ...; see
-`dfzsl_fast.data.list_configs()`) or a JSON file written by DFZSLConfig.to_json. Unknown keys
-are an error. The run folder gets config.json, classifier.safetensors, run.json (prompt tuning,
+CONFIG is a shipped preset (AWA2, CUB, SUN, FLO, APY, ImageNet, Caltech101, ...; list them
+with `dfzsl-fast configs`, show one with `dfzsl-fast configs NAME`) or a JSON file written by
+DFZSLConfig.to_json (or a run's config.json). Unknown keys are an error. For a preset,
+--profile fast (default) shortens the schedule for a first result and --profile published
+keeps the paper's; a JSON file is used as written unless --profile is given. The run folder
+(--out, default runs/run-<YYYYmmdd-HHMMSS>/) gets config.json (with the profile),
+classifier.safetensors, run.json (prompt tuning,
 estimate, timings, cached stages), log.txt and cache/ (per-stage results: re-running with
 --resume redoes only what changed, and the generator resumes from its last epoch); with
 --test-features also metrics.json and per_class.csv (schema: dfzsl_fast.evaluation; the
@@ -79,7 +87,11 @@ def add(sub: Any) -> None:
                    help="the offline MiniLM tower (only for 384-d toy classifiers)")
     p.add_argument("--test-features", default=None,
                    help="labelled test features (.npz/.pt/.safetensors) to report S/U/H")
-    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--out", default=None,
+                   help="run folder (default: runs/run-<YYYYmmdd-HHMMSS>)")
+    p.add_argument("--profile", default=None, choices=["fast", "published"],
+                   help="fast (default for presets): a shortened schedule for a first result; "
+                   "published: the paper's schedule")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty run folder")
     p.add_argument("--resume", action="store_true",
                    help="continue a run folder: cached stages are reused")
@@ -93,8 +105,27 @@ def add(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def load_run_config(spec: str, overrides: list[str] | None = None):
-    """A `DFZSLConfig` from a preset name or a JSON file, with dotted `KEY=VALUE` overrides.
+def _config_api(*names: str):
+    """The named functions of `dfzsl_fast.config` (profiles, presets), or a clear UsageError
+    when this build of the library does not have them yet."""
+    from .. import config
+
+    missing = [n for n in names if not hasattr(config, n)]
+    if missing:
+        raise UsageError(f"this dfzsl_fast build lacks dfzsl_fast.config.{', '.join(missing)} "
+                         "(profiles / preset descriptions); update the package")
+    return [getattr(config, n) for n in names]
+
+
+def _has_profile_field(cls) -> bool:
+    """Whether this library's DFZSLConfig records its profile itself (branch `lib`)."""
+    return "profile" in getattr(cls, "__dataclass_fields__", {})
+
+
+def load_run_config(spec: str, overrides: list[str] | None = None,
+                    profile: str | None = None):
+    """A `DFZSLConfig` from a preset name or a JSON file, with a profile (``fast`` or
+    ``published``, applied before the overrides) and dotted `KEY=VALUE` overrides.
 
     Raises:
         UsageError: an unknown preset, key or a bad value. FileNotFoundError / ValueError: a
@@ -103,13 +134,25 @@ def load_run_config(spec: str, overrides: list[str] | None = None):
     from ..config import DFZSLConfig, get_config
 
     p = Path(spec).expanduser()
-    if p.suffix.lower() == ".json" or p.is_file():
-        cfg = DFZSLConfig.from_json(p).to_dict()
+    is_file = p.suffix.lower() == ".json" or p.is_file()
+    if is_file:
+        import json
+
+        data = json.loads(check_input_file(p, "CONFIG").read_text(encoding="utf-8"))
+        if isinstance(data, dict) and not _has_profile_field(DFZSLConfig):
+            data.pop("profile", None)  # recorded by `dfzsl-fast run` in config.json
+        cfg = build_config(DFZSLConfig, data, "CONFIG").to_dict()
     else:
         try:
             cfg = get_config(spec).to_dict()
         except ValueError as exc:
             raise UsageError(f"CONFIG: {exc}") from exc
+    if profile is not None:
+        (apply_profile,) = _config_api("apply_profile")
+        try:
+            cfg = apply_profile(DFZSLConfig.from_dict(cfg), profile).to_dict()
+        except ValueError as exc:
+            raise UsageError(f"--profile: {exc}") from exc
     cfg = build_config(DFZSLConfig, apply_overrides(cfg, overrides))  # counts bounded there
     if not 0 <= cfg.seed < 2**63:
         raise UsageError(f"--set seed: expected an int in [0, 2**63 - 1], got {cfg.seed}")
@@ -190,13 +233,22 @@ def _text_source(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     # every option and input is checked before the run folder is created
-    cfg = load_run_config(args.config, args.set)
+    if args.profile is None:
+        is_file = Path(args.config).suffix.lower() == ".json" or Path(args.config).is_file()
+        args.profile = "as written in the file" if is_file else "fast"
+        from .. import config as _config
+
+        if not is_file and not hasattr(_config, "apply_profile"):  # an older library
+            args.profile = "as shipped (this dfzsl_fast build has no profiles)"
+    cfg = load_run_config(args.config, args.set,
+                          profile=args.profile if args.profile in ("fast", "published") else None)
     if args.seed is not None:
         cfg.seed = args.seed
     device = check_device(args.device)
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume: give one of them")
-    out = check_output_dir(args.out, "--out", reuse=args.overwrite or args.resume,
+    out = check_output_dir(args.out if args.out is not None else default_out_dir("run"), "--out",
+                           reuse=args.overwrite or args.resume,
                            reuse_flag="--resume to continue it, or --overwrite")
 
     import torch
@@ -215,6 +267,15 @@ def run(args: argparse.Namespace) -> int:
         test = (ff.features.to(torch.float32), y)
     pipe = DFZSL(cfg, cache_dir=out / "cache", device=device, progress=not args.no_progress)
     pipe.check_inputs(weight, names, seen, tower, text_features)
+    if isinstance(getattr(cfg, "profile", None), str):
+        args.profile = cfg.profile  # what the config says it is (a file's own profile)
+    print(f"dfzsl-fast run: config {args.config}, profile {args.profile}, results in {out}",
+          flush=True)
+    from .. import config as _config
+
+    if hasattr(_config, "preset_mismatch"):  # warnings only: skipped by an older library
+        for warning in _config.preset_mismatch(cfg, names, len(seen)):
+            print(f"warning: {warning}", flush=True)
 
     out.mkdir(parents=True, exist_ok=True)
     with log_to(out, args.log_level):
@@ -233,7 +294,9 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
     from ..io import save_classifier, save_json
     from ..pipeline.dfzsl import zero_shot_classifier
 
-    save_json(out / "config.json", cfg.to_dict())
+    data = cfg.to_dict()
+    data.setdefault("profile", args.profile)  # the library's own field wins where it has one
+    save_json(out / "config.json", data)
     t0 = time.perf_counter()
     res = pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features,
                    eval_data=test)
@@ -241,6 +304,7 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
                     metadata={"command": " ".join(sys.argv)})
     details: dict[str, Any] = {
         "config": args.config,
+        "profile": args.profile,
         "prompt_tuning": res.prompt_tuning,
         "virtual_kept": res.keep.total_kept if res.keep is not None else None,
         "timings_s": {**res.timings, "total": time.perf_counter() - t0},
@@ -271,6 +335,14 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
             print(f"{label:<10} " + "  ".join(
                 f"{k} {'n/a' if v[block][k] is None else f'{100 * v[block][k]:5.1f}'}"
                 for k in keys))
+        print(legend(keys))
+        warn = far_below_zero_shot("DFZSL", s[block][keys[2]], zs[block][keys[2]])
+        if warn:
+            print(warn)
+        mx = sections["paper_protocol_max_over_epochs"]
+        if isinstance(mx, dict) and mx.get("H") is not None:
+            print(SELECTION_NOTE.format(h=f"H {100 * mx['H']:.1f}",
+                                        selection=sections["selection"]))
         metrics = build_metrics(
             "run", s, baselines={"zero_shot": zs}, details=details,
             inputs={"teacher": str(args.teacher), "class_names": str(args.class_names),
@@ -283,4 +355,5 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
             plot_feature_projection(out, names, seen_t, unseen_t, {**res.features, "test": test})
         written += ["metrics.json", "per_class.csv"]
     print(f"wrote {', '.join(written)} to {out}")
+    print(f"results in {out}")
     return 0

@@ -67,6 +67,31 @@ def _memory_bytes(device) -> int | None:
         return None
 
 
+#: Bytes of float64 temporaries the statistical check may hold at once (bounded memory: the
+#: check never needs more than this on top of the samples themselves).
+_CHECK_BYTES = 64 << 20
+
+
+def _check_rows(dim: int, n_total: int) -> int:
+    """Rows per step of the float64 check: three (rows, dim) float64 temporaries fit in
+    _CHECK_BYTES."""
+    return max(1, min(n_total, _CHECK_BYTES // (3 * 8 * dim)))
+
+
+def _backend_used(requested, device, dtype, dim: int) -> str:
+    """The backend `sample_vmf` picks for these arguments (what `auto`/None resolves to)."""
+    try:
+        import torch
+
+        from .. import _backend
+        from ..ops.vmf import _DTYPES as computed  # as sample_vmf: others compute in float32
+
+        dtype = dtype if dtype in computed else torch.float32
+        return _backend.resolve(requested, "vmf_sample", device, dtype, d=dim)
+    except Exception:  # pragma: no cover - reported as requested rather than fail the command
+        return str(requested or "auto")
+
+
 def _progress(done: int, total: int, t0: float, file=sys.stderr) -> None:
     if not file.isatty() and done != total:
         return
@@ -84,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     n_total = args.classes * args.per_class
     # samples, labels, w; means; the float64 check of one chunk (x, mu[labels], product)
     need = (n_total * (args.dim * _ITEMSIZE[args.dtype] + 8 + 8) + args.classes * args.dim * 8
-            + 3 * min(n_total, args.chunk) * args.dim * 8)
+            + 3 * _check_rows(args.dim, n_total) * args.dim * 8)
     have = _memory_bytes(device)
     if have is not None and need > have:
         raise UsageError(
@@ -110,7 +135,9 @@ def run(args: argparse.Namespace) -> int:
     labels = torch.arange(args.classes, device=device).repeat_interleave(args.per_class)
     out = torch.empty(n_total, args.dim, dtype=dtype, device=device)
     print(f"drawing {n_total:,} samples: {args.classes} classes x {args.per_class}, "
-          f"d = {args.dim}, kappa = {kappa:g}, {args.dtype}, backend = {args.backend}, "
+          f"d = {args.dim}, kappa = {kappa:g}, {args.dtype}, backend = "
+          f"{_backend_used(args.backend, device, dtype, args.dim)}"
+          f"{'' if args.backend not in (None, 'auto') else ' (auto)'}, "
           f"{torch.get_num_threads()} threads")
     # warm-up (first-call costs: page faults of the output, lazy init)
     dfzsl_fast.sample_vmf(mu, kappa, labels=labels[: min(n_total, 1024)], seed=args.seed,
@@ -131,8 +158,9 @@ def run(args: argparse.Namespace) -> int:
         mu_hat = torch.nn.functional.normalize(mu.double(), dim=1)
         w = torch.empty(n_total, dtype=torch.float64)
         norm_err = 0.0
-        for s in range(0, n_total, args.chunk):
-            xs = out[s : s + args.chunk].double()
+        step = _check_rows(args.dim, n_total)
+        for s in range(0, n_total, step):
+            xs = out[s : s + step].double()
             w[s : s + xs.shape[0]] = (xs * mu_hat[labels[s : s + xs.shape[0]]]).sum(1).cpu()
             norm_err = max(norm_err, float((xs.norm(dim=1) - 1).abs().max()))
         z = testing.mean_w_zscore(w, args.dim, kappa)

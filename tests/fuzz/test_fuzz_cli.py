@@ -33,10 +33,21 @@ from dfzsl_fast.evaluation import validate_results  # noqa: E402
 from dfzsl_fast.io import load_classifier, save_classifier, save_features  # noqa: E402
 from dfzsl_fast.nn import CosineClassifier  # noqa: E402
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _cwd_in_tmp(tmp_path_factory):
+    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
+    out of the repository."""
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ERROR_LINE = re.compile(r"^dfzsl-fast( [a-z-]+)?: error: \S")
-COMMANDS = ["info", "sample", "evaluate", "inject", "run", "demo", "extract-features"]
+COMMANDS = ["info", "configs", "sample", "evaluate", "inject", "run", "demo", "extract-features"]
 _counter = itertools.count()
 
 
@@ -80,6 +91,7 @@ def argv_for(cmd: str, f: Path, out: Path) -> list[str]:
     """A valid command line of ``cmd`` writing under ``out``."""
     return {
         "info": ["info"],
+        "configs": ["configs", "AWA2"],
         "sample": ["sample", "--classes", "3", "--per-class", "20", "--dim", "8",
                    "--output", str(out / "s.pt")],
         "evaluate": ["evaluate", "--classifier", str(f / "ext.safetensors"), "--features",
