@@ -3,48 +3,44 @@
 Importing never fails because the native extension, Triton or a GPU is missing: each op falls
 back to the next backend. `python -m dfzsl_fast` (or `dfzsl_fast.show_config()`) says which
 backends are available here and why not.
+
+The package itself is light: the public names below are loaded on first use (PEP 562), so that
+`import dfzsl_fast.cli` and `dfzsl-fast --help` do not import torch; the first op loads torch,
+the native extension and Triton (`dfzsl_fast._load`).
 """
 
 from __future__ import annotations
 
-from . import (
-    _extension,  # noqa: F401  (loads _C and registers its kernels)
-    nn,
-)
-from ._backend import use_backend
-from ._diagnostics import show_config
-from .ops.cosine import cosine_cross_entropy, cosine_logit_mse, cosine_logits, cosine_topk
-from .ops.vmf import sample_vmf
-from .theory import (
-    estimate_kappa,
-    kappa_from_prototypes,
-    vmf_mean_resultant_length,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "sample_vmf",
-    "cosine_logits",
-    "cosine_cross_entropy",
-    "cosine_topk",
-    "cosine_logit_mse",
-    "nn",
-    "vmf_mean_resultant_length",
-    "estimate_kappa",
-    "kappa_from_prototypes",
-    "use_backend",
-    "show_config",
-]
+# public name -> (module, attribute); None: the module itself
+_PUBLIC = {
+    "sample_vmf": ("ops.vmf", "sample_vmf"),
+    "cosine_logits": ("ops.cosine", "cosine_logits"),
+    "cosine_cross_entropy": ("ops.cosine", "cosine_cross_entropy"),
+    "cosine_topk": ("ops.cosine", "cosine_topk"),
+    "cosine_logit_mse": ("ops.cosine", "cosine_logit_mse"),
+    "nn": ("nn", None),
+    "vmf_mean_resultant_length": ("theory", "vmf_mean_resultant_length"),
+    "estimate_kappa": ("theory", "estimate_kappa"),
+    "kappa_from_prototypes": ("theory", "kappa_from_prototypes"),
+    "use_backend": ("_backend", "use_backend"),
+    "show_config": ("_diagnostics", "show_config"),
+}
 
-# Triton kernels register their custom ops on import; optional.
-try:
-    from .triton import HAS_TRITON as _HAS_TRITON
+__all__ = list(_PUBLIC)
 
-    if _HAS_TRITON:
-        from .triton import vmf as _triton_vmf  # noqa: F401
-except Exception:  # pragma: no cover - a broken triton install must not break import
-    pass
-try:
-    if _HAS_TRITON:
-        from .triton import cosine as _triton_cosine  # noqa: F401
-except Exception:  # pragma: no cover
-    pass
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'dfzsl_fast' has no attribute {name!r}")
+    module, attr = _PUBLIC[name]
+    mod = importlib.import_module(f"{__name__}.{module}")
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

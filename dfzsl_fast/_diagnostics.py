@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from . import _backend, _extension
+from . import _backend, _extension, _load  # noqa: F401  (_load fills the table)
 from . import triton as _triton
 
 __all__ = ["config", "show_config"]

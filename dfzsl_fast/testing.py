@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from . import _backend, theory
+from . import _backend, _load, theory  # noqa: F401  (_load fills the backend table)
 
 __all__ = [
     "DEVICES",

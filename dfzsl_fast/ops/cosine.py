@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from .. import _backend
+from .. import _backend, _load  # noqa: F401  (_load fills the backend table)
 from ..autograd import cosine as ag
 from ..reference import cosine_chunked as kern
 from . import (

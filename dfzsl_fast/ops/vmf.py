@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .. import _backend
+from .. import _backend, _load  # noqa: F401  (_load fills the backend table)
 from ..autograd import vmf as ag
 from ..autograd.vmf import vmf_backward
 from ..reference import vmf as ref
