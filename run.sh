@@ -26,8 +26,8 @@ ensure_env() {
     say "installing the Python dependencies into $VENV (once; again only when pyproject.toml changes)"
     "$PY" -m pip install -q --upgrade pip setuptools wheel
     # torch first: the package builds against the installed torch (--no-build-isolation)
-    say "  PyTorch 2.14.1 + torchvision: the largest part (the CUDA wheels and their NVIDIA"
-    say "  libraries: a few GB to download, plan ~8 GB free disk); 2-10 minutes on a good network"
+    say "  PyTorch 2.14.1 + torchvision: the largest part (the CUDA build: torch 1.2 GB and its"
+    say "  NVIDIA libraries 3.2 GB installed, 6.1 GB for the whole .venv; plan 8 GB of free disk)"
     "$PY" -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
     say "  numpy, scipy, open_clip, matplotlib, the offline MiniLM encoder, test tools (~1-2 min)"
     "$PY" -m pip install -q numpy scipy pytest pytest-benchmark mpmath ninja tqdm scikit-learn \
