@@ -282,20 +282,11 @@ def evaluate(
     unseen = getattr(clf, "unseen_classes", None) if unseen_classes is None else unseen_classes
     if seen is None or unseen is None:
         raise ValueError("seen_classes/unseen_classes: required for a classifier without a split")
-    scores, _ = evaluate_head(clf, x, y, _index_list(seen), _index_list(unseen),
-                              protocol=protocol)
+    scores, _ = evaluate_head(clf, x, y, seen, unseen, protocol=protocol)
     if protocol == "gzsl":
         block = scores["gzsl"] or {"S": None, "U": None, "H": None}
         return {"protocol": "gzsl", **{k: block[k] for k in ("S", "U", "H")}}
     return {"protocol": "base2new", **{k: scores["base2new"][k] for k in ("B", "N", "HM")}}
-
-
-def _index_list(v: Any) -> list[int]:
-    import torch
-
-    if isinstance(v, torch.Tensor):
-        return [int(i) for i in v.flatten().tolist()]
-    return [int(i) for i in v]
 
 
 def labels_in_class_space(

@@ -30,10 +30,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
+from .._checks import check_class_indices
 from ..data.classnames import check_classnames
 from ..nn import CosineClassifier, ExtendedClassifier
 from ._checks import META_KEY, check_finite, check_names, read_safetensors
@@ -49,30 +49,14 @@ Head = CosineClassifier | ExtendedClassifier | nn.Linear
 
 
 def _class_ids(v: Any, what: str, C: int) -> list[int]:
-    """Sorted distinct class indices in [0, C) from a 1-D sequence/tensor of integers."""
-    if isinstance(v, torch.Tensor):
-        v = v.detach().cpu().numpy()
-    if isinstance(v, (str, bytes, dict)) or v is None:
-        raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices, got "
-                         f"{type(v).__name__}")
-    try:
-        a = np.asarray(v)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices") from exc
-    if a.size == 0:
-        return []
-    if a.ndim != 1 or a.dtype.kind not in "iu" and not (
-        a.dtype.kind == "O" and all(isinstance(i, int) and not isinstance(i, bool) for i in a)
-    ):
+    """Sorted distinct class indices in [0, C): `check_class_indices`, every failure a ValueError
+    (a stored value of the wrong type is a bad file, not a caller's TypeError)."""
+    if isinstance(v, (list, tuple)) and any(isinstance(i, bool) for i in v):
         raise ValueError(f"`{what}`: expected a 1-D sequence of integer class indices")
-    ids = [int(i) for i in a.tolist()]
-    if min(ids) < 0 or max(ids) >= C:
-        raise ValueError(
-            f"`{what}`: class indices must lie in [0, {C}), got range [{min(ids)}, {max(ids)}]"
-        )
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"`{what}`: holds duplicate class indices")
-    return sorted(ids)
+    try:
+        return sorted(check_class_indices(v, f"`{what}`", C).tolist())
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 def _meta_number(meta: dict, key: str, default: float, p: Path, positive: bool = False) -> float:

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .._checks import check_class_indices
 from .._extension import _version
 from ..config import DFZSLConfig
 from ..data.classnames import check_classnames
@@ -131,24 +132,12 @@ def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
     if seen_classes is None:
         seen = torch.arange(C_s)
     else:
-        if isinstance(seen_classes, (str, bytes, dict)):
-            raise TypeError("seen_classes: expected integer class indices")
-        try:
-            seen = torch.as_tensor(seen_classes).flatten()
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"seen_classes: expected integer class indices ({exc})") from None
-        if seen.is_floating_point() or seen.is_complex() or seen.dtype == torch.bool:
-            raise TypeError("seen_classes: expected integer class indices")
-        seen = seen.to(torch.int64).cpu()
+        seen = check_class_indices(seen_classes, "seen_classes", C_all)
     if seen.numel() != C_s:
         raise ValueError(
             f"seen_classes: the teacher has {C_s} rows but {seen.numel()} seen classes were given "
             "(teacher row k must be class seen_classes[k])"
         )
-    if seen.numel() and (int(seen.min()) < 0 or int(seen.max()) >= C_all):
-        raise ValueError(f"seen_classes: expected indices in [0, {C_all}) of class_names")
-    if seen.unique().numel() != seen.numel():
-        raise ValueError("seen_classes: has duplicate indices")
     if seen.numel() >= C_all:
         raise ValueError("class_names: no new class to add (every class is a seen class)")
     return seen
