@@ -28,6 +28,7 @@ load_error: str | None = None
 _NATIVE_DTYPES = {
     "vmf_sample": (torch.float32, torch.float64),
     "cosine": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
+    "tfvaegan": (torch.float32,),
 }
 
 
@@ -63,7 +64,10 @@ def _register() -> None:
     with_cuda = bool(build_info().get("with_cuda"))
     for op in _library.OPS:
         devices, notes = {}, {}
-        dtypes = _NATIVE_DTYPES["vmf_sample" if op.startswith("vmf") else "cosine"]
+        dtypes = _NATIVE_DTYPES[
+            "vmf_sample" if op.startswith("vmf") else "tfvaegan" if op.startswith("tfvaegan")
+            else "cosine"
+        ]
         for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"dfzsl_fast::{op}", key):
                 devices[dev] = dtypes

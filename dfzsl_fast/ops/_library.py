@@ -63,6 +63,19 @@ LIB.define(COSINE_CROSS_ENTROPY_BACKWARD)
 LIB.define(COSINE_TOPK)
 LIB.define(COSINE_LOGIT_MSE)
 
+# ------------------------------------------------------------------------- generator synthesis
+# TF-VAEGAN synthesis forward (reference/generator.py): cond (K, H) hoisted condition term,
+# cond_index / class_ids / row_ids (N,) int64, the weights of G (z half), G's output layer, the
+# decoder's hidden layer and F; noise drawn inside from Philox (seed, class_ids, row_ids).
+# out_dtype: float32 / float16 / bfloat16 (/ float64 on the reference).
+TFVAEGAN_SYNTHESIZE = (
+    "tfvaegan_synthesize(Tensor cond, Tensor cond_index, Tensor class_ids, Tensor row_ids,"
+    " Tensor w_z, Tensor w_out, Tensor b_out, Tensor w_dec, Tensor b_dec, Tensor w_fb1,"
+    " Tensor b_fb1, Tensor w_fb2, Tensor b_fb2, int seed, float a1, bool feedback,"
+    " ScalarType out_dtype) -> Tensor"
+)
+LIB.define(TFVAEGAN_SYNTHESIZE)
+
 #: Every op of the library, forward ops first (the backend table is declared in this order).
 OPS = (
     "vmf_sample",
@@ -73,6 +86,7 @@ OPS = (
     "cosine_cross_entropy_backward",
     "cosine_topk",
     "cosine_logit_mse",
+    "tfvaegan_synthesize",
 )
 for _op in OPS:
     _backend.declare(_op, getattr(torch.ops.dfzsl_fast, _op))

@@ -1,0 +1,179 @@
+"""`dfzsl_fast::tfvaegan_synthesize`: the fused TF-VAEGAN synthesis forward, routed to a backend.
+
+Kernels: C++ CPU (`csrc/cpu/generator_cpu.cpp`: float32 weights, tiles of a fixed row count so
+that a row never depends on its neighbours, noise drawn per tile, the condition term hoisted,
+LeakyReLU / feedback add / normalisation fused around ATen's GEMM), Triton
+(`triton/generator.py`, GPUs) and the reference (`reference/generator.py`, eager PyTorch in the
+weights' dtype, float64 capable) as the default kernel and "torch" backend. Inference only: no
+autograd formula (training uses the eager networks).
+
+This module holds the fake kernel, the default-kernel registration, the "torch" entry of the
+backend table, and `tfvaegan_synthesize`, the checked wrapper `synthesis.TFVAEGANGenerator`
+calls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+
+from .. import _backend, _load  # noqa: F401  (_load fills the backend table)
+from .._checks import check_seed
+from ..reference import generator as ref
+from ..synthesis.noise import MAX_INDEX
+from . import _library  # noqa: F401  (defines the schema)
+
+__all__ = ["SynthesisWeights", "tfvaegan_synthesize", "OUT_DTYPES"]
+
+_OP = "tfvaegan_synthesize"
+_DTYPES = (torch.float32, torch.float64)
+#: Output formats: the stored formats of feature shards (float64 on the reference only).
+OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@torch.library.register_fake("dfzsl_fast::tfvaegan_synthesize")
+def _fake(cond, cond_index, class_ids, row_ids, w_z, w_out, b_out, w_dec, b_dec, w_fb1, b_fb1,
+          w_fb2, b_fb2, seed, a1, feedback, out_dtype):
+    torch._check(w_out.dim() == 2, lambda: "tfvaegan_synthesize: w_out must be (D, H)")
+    return w_z.new_empty(class_ids.shape[0], w_out.shape[0], dtype=out_dtype)
+
+
+@torch.library.register_kernel("dfzsl_fast::tfvaegan_synthesize", "default")
+def _default(*args):
+    with torch.no_grad():
+        return ref.tfvaegan_synthesize(*args)
+
+
+_backend.register(_OP, "torch", ref.tfvaegan_synthesize,
+                  devices={"cpu": _DTYPES, "cuda": _DTYPES})
+
+
+class SynthesisWeights(NamedTuple):
+    """The weights the synthesis forward reads, split out of a `TFVAEGAN` (`from_model`).
+
+    Shapes (H hidden, Z latent, A embedding, D feature width): w_z (H, Z), w_a (H, A), b1 (H,)
+    [G's first layer split into its z and a halves], w_out (D, H), b_out (D,) [G's output
+    layer], w_dec (H, D), b_dec (H,) [the decoder's hidden layer], w_fb1, w_fb2 (H, H), b_fb1,
+    b_fb2 (H,) [feedback F]. One dtype and device for all.
+    """
+
+    w_z: torch.Tensor
+    w_a: torch.Tensor
+    b1: torch.Tensor
+    w_out: torch.Tensor
+    b_out: torch.Tensor
+    w_dec: torch.Tensor
+    b_dec: torch.Tensor
+    w_fb1: torch.Tensor
+    b_fb1: torch.Tensor
+    w_fb2: torch.Tensor
+    b_fb2: torch.Tensor
+
+    @classmethod
+    def from_model(cls, model) -> SynthesisWeights:
+        """Detached views of a `TFVAEGAN`'s G, decoder hidden layer and F."""
+        G, Dec, Fb = model.generator, model.decoder, model.feedback
+        Z = model.latent_dim
+        w1 = G.fc1.weight.detach()
+        return cls(
+            w1[:, :Z].contiguous(), w1[:, Z:].contiguous(), G.fc1.bias.detach(),
+            G.fc3.weight.detach(), G.fc3.bias.detach(),
+            Dec.fc1.weight.detach(), Dec.fc1.bias.detach(),
+            Fb.fc1.weight.detach(), Fb.fc1.bias.detach(),
+            Fb.fc2.weight.detach(), Fb.fc2.bias.detach(),
+        )
+
+    def check(self) -> tuple[int, int, int, int]:
+        """(H, Z, A, D) after checking shapes, one dtype/device and finite values."""
+        H, Z = self.w_z.shape
+        A, D = self.w_a.shape[1], self.w_out.shape[0]
+        want = {"w_z": (H, Z), "w_a": (H, A), "b1": (H,), "w_out": (D, H), "b_out": (D,),
+                "w_dec": (H, D), "b_dec": (H,), "w_fb1": (H, H), "b_fb1": (H,),
+                "w_fb2": (H, H), "b_fb2": (H,)}
+        for name, shape in want.items():
+            t = getattr(self, name)
+            if tuple(t.shape) != shape:
+                raise ValueError(f"weights.{name}: expected shape {shape}, got {tuple(t.shape)}")
+            if t.dtype != self.w_z.dtype or t.device != self.w_z.device:
+                raise ValueError(f"weights.{name}: expected {self.w_z.dtype} on "
+                                 f"{self.w_z.device}, got {t.dtype} on {t.device}")
+            if not bool(torch.isfinite(t).all()):
+                raise ValueError(f"weights.{name}: holds NaN or Inf values")
+        if self.w_z.dtype not in _DTYPES:
+            raise TypeError(f"weights: expected float32 or float64, got {self.w_z.dtype}")
+        return H, Z, A, D
+
+
+def _index_vector(t, name: str, n: int | None, high: int, device) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a 1-D integer tensor, got {type(t).__name__}")
+    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected a 1-D integer tensor, got {t.dtype} of shape "
+                        f"{tuple(t.shape)}")
+    if n is not None and t.numel() != n:
+        raise ValueError(f"{name}: expected {n} entries (one per row), got {t.numel()}")
+    t = t.to(device=device, dtype=torch.int64)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
+        raise ValueError(f"{name}: values must lie in [0, {high}), got range "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t.contiguous()
+
+
+def tfvaegan_synthesize(
+    weights: SynthesisWeights,
+    embeddings: torch.Tensor,
+    class_ids: torch.Tensor,
+    row_ids: torch.Tensor,
+    *,
+    seed: int,
+    a1: float,
+    feedback: bool = True,
+    out_dtype: torch.dtype = torch.float32,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Synthesise rows (class_ids[i], row_ids[i]) with TF-VAEGAN weights (no grad).
+
+    Args:
+        weights: `SynthesisWeights` (float32; float64 on the "torch" backend).
+        embeddings: (C, A) unit class embeddings, already normalised as in training; the
+            condition term W_a a_c + b1 is computed once per distinct class of the call.
+        class_ids: (N,) int class of each row, in [0, C) and < 2^32 (its noise stream).
+        row_ids: (N,) int index of each row within its class, in [0, 2^32).
+        seed: noise seed in [0, 2^63).
+        a1: feedback weight (0 and feedback=True still run F, as the reference does).
+        feedback: False gives G(z, a) alone.
+        out_dtype: float32, float16, bfloat16 (float64 on the "torch" backend).
+        backend: "native", "triton", "torch" or None (auto).
+
+    Returns:
+        (N, D) unit rows in `out_dtype`, on the weights' device.
+    """
+    if not isinstance(weights, SynthesisWeights):
+        raise TypeError(f"weights: expected SynthesisWeights, got {type(weights).__name__}")
+    H, Z, A, D = weights.check()
+    seed = check_seed(seed)
+    if isinstance(a1, bool) or not isinstance(a1, (int, float)) or not math.isfinite(a1):
+        raise TypeError(f"a1: expected a finite number, got {a1!r}")
+    dev, dt = weights.w_z.device, weights.w_z.dtype
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise ValueError("embeddings: expected a (C, A) tensor")
+    if embeddings.shape[1] != A:
+        raise ValueError(f"embeddings: width {embeddings.shape[1]} does not match the "
+                         f"generator's embedding width {A}")
+    if out_dtype not in OUT_DTYPES:
+        raise TypeError(f"out_dtype: expected one of {OUT_DTYPES}, got {out_dtype}")
+    C = embeddings.shape[0]
+    cls = _index_vector(class_ids, "class_ids", None, min(C, MAX_INDEX), dev)
+    rows = _index_vector(row_ids, "row_ids", cls.numel(), MAX_INDEX, dev)
+    uniq, inv = torch.unique(cls, return_inverse=True)
+    emb = embeddings.detach().to(device=dev, dtype=dt)[uniq]
+    if not bool(torch.isfinite(emb).all()):
+        raise ValueError("embeddings: the rows of the requested classes hold NaN or Inf values")
+    with torch.no_grad():
+        cond = torch.addmm(weights.b1, emb, weights.w_a.T).contiguous()
+        _, fn = _backend.select(_OP, dev, dt, backend)
+        return fn(cond, inv.contiguous(), cls, rows, weights.w_z, weights.w_out, weights.b_out,
+                  weights.w_dec, weights.b_dec, weights.w_fb1, weights.b_fb1, weights.w_fb2,
+                  weights.b_fb2, int(seed), float(a1), bool(feedback), out_dtype)
