@@ -114,9 +114,11 @@ DFZSL_AVX2 static inline void store_block8(__m256i c0, __m256i c1, __m256i c2, _
     _mm256_storeu_ps(out + 24, _mm256_permute2f128_ps(u2, u3, 0x31));  // blocks 6, 7
 }
 
-// g[0 .. 4 * nblocks) <- normals of blocks j = 0 .. nblocks-1 of (seed, row), stage kStageDir.
-DFZSL_AVX2 static void fill_direction_normals_avx2(uint64_t seed, uint64_t row, int64_t nblocks,
-                                                   float* g) {
+// g[0 .. 4 * nblocks) <- normals of blocks j = 0 .. nblocks-1 of (seed, row) in stream stage
+// `stage_word`: kStageDir for the vMF direction, kStageSynth (synth.h) for synthesis noise,
+// whose (row id, class id) counter words are the low and high halves of `row`.
+DFZSL_AVX2 static void fill_stage_normals_avx2(uint64_t seed, uint64_t row, uint32_t stage_word,
+                                               int64_t nblocks, float* g) {
   const __m256i M0 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM0));
   const __m256i M1 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM1));
   // The key schedule is the same for every lane: precompute it.
@@ -128,7 +130,7 @@ DFZSL_AVX2 static void fill_direction_normals_avx2(uint64_t seed, uint64_t row, 
     k0 += detail::kPhiloxW0;
     k1 += detail::kPhiloxW1;
   }
-  const __m256i stage = _mm256_set1_epi32(static_cast<int>(detail::kStageDir));
+  const __m256i stage = _mm256_set1_epi32(static_cast<int>(stage_word));
   const __m256i rlo = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(row)));
   const __m256i rhi = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(row >> 32)));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -169,9 +171,18 @@ DFZSL_AVX2 static void fill_direction_normals_avx2(uint64_t seed, uint64_t row, 
     store_block8(c0, c1, c2, c3, g + 4 * j);
   }
   for (; j < nblocks; ++j) {
-    detail::direction_normals(seed, row, static_cast<uint32_t>(j), g[4 * j], g[4 * j + 1],
-                              g[4 * j + 2], g[4 * j + 3]);
+    uint32_t o0, o1, o2, o3;
+    detail::philox4x32_10(static_cast<uint32_t>(j), stage_word, static_cast<uint32_t>(row),
+                          static_cast<uint32_t>(row >> 32), static_cast<uint32_t>(seed),
+                          static_cast<uint32_t>(seed >> 32), o0, o1, o2, o3);
+    detail::box_muller(o0, o1, g[4 * j], g[4 * j + 1]);
+    detail::box_muller(o2, o3, g[4 * j + 2], g[4 * j + 3]);
   }
+}
+
+DFZSL_AVX2 static inline void fill_direction_normals_avx2(uint64_t seed, uint64_t row,
+                                                          int64_t nblocks, float* g) {
+  fill_stage_normals_avx2(seed, row, detail::kStageDir, nblocks, g);
 }
 
 static inline bool cpu_has_avx2_fma() {

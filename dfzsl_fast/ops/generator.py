@@ -121,6 +121,29 @@ def _index_vector(t, name: str, n: int | None, high: int, device) -> torch.Tenso
     return t.contiguous()
 
 
+_COND_TILE = 256
+
+
+def hoisted_condition(emb: torch.Tensor, w_a: torch.Tensor, b1: torch.Tensor) -> torch.Tensor:
+    """cond (K, H) = emb (K, A) @ w_a^T + b1: G's first layer on the class embeddings, once per
+    class.
+
+    Computed in zero-padded tiles of a fixed row count so that every GEMM has the same shape:
+    BLAS picks its kernel (and summation order) by shape, e.g. a matrix-vector path for one
+    row, so without padding a class's condition, and so its rows, would depend on how many
+    other classes share the call.
+    """
+    K, A = emb.shape
+    out = torch.empty(K, w_a.shape[0], dtype=w_a.dtype, device=w_a.device)
+    tile = emb.new_zeros(_COND_TILE, A)
+    for s in range(0, K, _COND_TILE):
+        m = min(_COND_TILE, K - s)
+        tile[:m] = emb[s : s + m]
+        tile[m:] = 0
+        out[s : s + m] = torch.addmm(b1, tile, w_a.T)[:m]
+    return out
+
+
 def tfvaegan_synthesize(
     weights: SynthesisWeights,
     embeddings: torch.Tensor,
@@ -172,7 +195,7 @@ def tfvaegan_synthesize(
     if not bool(torch.isfinite(emb).all()):
         raise ValueError("embeddings: the rows of the requested classes hold NaN or Inf values")
     with torch.no_grad():
-        cond = torch.addmm(weights.b1, emb, weights.w_a.T).contiguous()
+        cond = hoisted_condition(emb, weights.w_a, weights.b1)
         _, fn = _backend.select(_OP, dev, dt, backend)
         return fn(cond, inv.contiguous(), cls, rows, weights.w_z, weights.w_out, weights.b_out,
                   weights.w_dec, weights.b_dec, weights.w_fb1, weights.b_fb1, weights.w_fb2,
