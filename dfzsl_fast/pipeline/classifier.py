@@ -24,6 +24,7 @@ from ..config import ClassifierConfig, check_count
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ..ops.cosine import cosine_cross_entropy
+from ..synthesis.rows import Rows
 from ._progress import Progress
 
 __all__ = ["logit_adjustment", "train_final_classifier"]
@@ -93,7 +94,13 @@ def logit_adjustment(
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= C):
         raise ValueError(f"labels: expected class indices in [0, {C}), got range "
                          f"[{int(y.min())}, {int(y.max())}]")
-    counts = torch.bincount(y, minlength=C).double()
+    return _adjustment(torch.bincount(y, minlength=C), seen, unseen, C, ratio)
+
+
+def _adjustment(counts: torch.Tensor, seen: torch.Tensor, unseen: torch.Tensor, C: int,
+                ratio: float) -> torch.Tensor:
+    """`logit_adjustment` from the (C,) training rows per class (checked arguments)."""
+    counts = counts.double()
     seen_counts = counts[seen]
     if bool((seen_counts == 0).any()):
         c = int(seen[(seen_counts == 0).nonzero()[0, 0]])
@@ -111,8 +118,8 @@ def logit_adjustment(
 
 
 def train_final_classifier(
-    features: torch.Tensor,
-    labels: torch.Tensor,
+    features: torch.Tensor | Rows,
+    labels: torch.Tensor | None,
     init_weights: torch.Tensor,
     seen_classes: Sequence[int] | torch.Tensor,
     unseen_classes: Sequence[int] | torch.Tensor,
@@ -128,8 +135,11 @@ def train_final_classifier(
     """Train DFZSL's final cosine classifier (learnable prototypes, scale 100, adjusted CE).
 
     Args:
-        features: (N, d) float training features (virtual seen + synthesised unseen).
-        labels: (N,) int64 labels in [0, C_all).
+        features: (N, d) float training features (virtual seen + synthesised unseen), or a
+            `synthesis.rows.Rows` source (feature shards on disk, rows regenerated on read, or
+            a concatenation): each batch is then read by index, so nothing of size N is held;
+            the same rows in the same order train the same classifier.
+        labels: (N,) int64 labels in [0, C_all); None when `features` is a `Rows`.
         init_weights: (C_all, d) initial prototypes (the tuned text features of all classes);
             normalised before training, as the reference does.
         seen_classes, unseen_classes: disjoint index lists covering [0, C_all).
@@ -158,19 +168,22 @@ def train_final_classifier(
         ...                               ClassifierConfig(epochs=100, batch_size=1800))
         >>> pred = head.predict(x_test)
     """
-    if (
+    rows = features if isinstance(features, Rows) else None
+    if rows is None and (
         not isinstance(features, torch.Tensor)
         or not features.is_floating_point()
         or features.dim() != 2
     ):
-        raise TypeError("features: expected an (N, d) floating-point tensor")
+        raise TypeError("features: expected an (N, d) floating-point tensor or a Rows source")
+    if rows is not None and labels is not None:
+        raise TypeError("labels: must be None when features is a Rows source (it has labels)")
     if (
         not isinstance(init_weights, torch.Tensor)
         or not init_weights.is_floating_point()
         or init_weights.dim() != 2
     ):
         raise TypeError("init_weights: expected a (C_all, d) floating-point tensor")
-    N, d = features.shape
+    N, d = (rows.num_rows, rows.feature_dim) if rows is not None else features.shape
     C = init_weights.shape[0]
     if init_weights.shape[1] != d:
         raise ValueError(
@@ -178,9 +191,15 @@ def train_final_classifier(
         )
     if N == 0:
         raise ValueError("features: no training samples")
-    if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (N,):
+    if rows is not None:
+        counts = rows.class_counts(C + 1)  # one spare bin catches labels >= C
+        if int(counts[C]) or int(counts.sum()) != N:
+            raise ValueError(f"labels: expected class indices in [0, {C})")
+        counts = counts[:C]
+    elif (not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64
+          or labels.shape != (N,)):
         raise TypeError(f"labels: expected an ({N},) int64 tensor")
-    if int(labels.min()) < 0 or int(labels.max()) >= C:
+    elif int(labels.min()) < 0 or int(labels.max()) >= C:
         raise ValueError(f"labels: expected class indices in [0, {C})")
     if not bool(torch.isfinite(init_weights).all()):
         raise ValueError("init_weights: contains NaN or Inf")
@@ -188,7 +207,8 @@ def train_final_classifier(
         raise ValueError("init_weights: has an all-zero row")
     # one reduction first (a finite sum proves every entry finite); the elementwise pass only
     # when the sum is not finite (NaN/Inf present, or a float overflow of the sum)
-    if not bool(torch.isfinite(features.sum())) and not bool(torch.isfinite(features).all()):
+    if rows is None and not bool(torch.isfinite(features.sum())) and \
+            not bool(torch.isfinite(features).all()):
         raise ValueError("features: contains NaN or Inf")
     cfg = ClassifierConfig() if config is None else config
     if not isinstance(cfg, ClassifierConfig):
@@ -202,13 +222,30 @@ def train_final_classifier(
     adjust_logits = cfg.logit_adjust
 
     seen, unseen = _groups(seen_classes, unseen_classes, C)
-    dtype = features.dtype if features.dtype in (torch.float32, torch.float64) else torch.float32
-    device = features.device
-    x_all = features.detach().to(dtype)
-    y_all = labels.detach().to(device)
+    if rows is None:
+        dtype = features.dtype if features.dtype in (torch.float32, torch.float64) \
+            else torch.float32
+        device = features.device
+        x_all = features.detach().to(dtype)
+        y_all = labels.detach().to(device)
+        counts = torch.bincount(y_all.cpu(), minlength=C)
+    else:
+        dtype, device = init_weights.dtype, init_weights.device
+        if dtype not in (torch.float32, torch.float64):
+            dtype = torch.float32
+
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if rows is None:
+            return x_all[idx], y_all[idx]
+        xb = rows.features(idx).to(device=device, dtype=dtype)
+        # rows read from disk or a generator: checked per batch (CPU-side, cheap)
+        if not bool(torch.isfinite(xb.sum())):
+            raise ValueError("features: a batch read from the Rows source holds NaN or Inf")
+        return xb, rows.labels(idx).to(device)
+
     adj = None
     if adjust_logits:
-        adj = logit_adjustment(y_all, seen, unseen, C, ratio).to(device=device, dtype=dtype)
+        adj = _adjustment(counts, seen, unseen, C, ratio).to(device=device, dtype=dtype)
 
     head = CosineClassifier(
         F.normalize(init_weights.detach().to(device=device, dtype=dtype), dim=1),
@@ -220,15 +257,16 @@ def train_final_classifier(
     gen = seeded_generator(seed)
     with Progress(epochs, "dfzsl stage 4: final classifier", enabled=progress) as bar:
         for epoch in range(epochs):
-            perm = torch.randperm(N, generator=gen).to(device)
+            perm = torch.randperm(N, generator=gen)
+            perm = perm.to(device) if rows is None else perm
             total = torch.zeros((), dtype=torch.float64, device=device)
             nb = 0
             for s in range(0, N, batch_size):
-                idx = perm[s : s + batch_size]
+                xb, yb = batch(perm[s : s + batch_size])
                 loss = cosine_cross_entropy(
-                    x_all[idx],
+                    xb,
                     head.weight,
-                    y_all[idx],
+                    yb,
                     head.scale,
                     logit_adjustment=adj,
                     backend=backend,

@@ -17,9 +17,10 @@ of ceil(N / batch) iterations:
   - gamma_g D(x_hat) + recon_weight WeightedL1(Dec(x_hat), a), with D and Dec frozen; E and G
   step, and F too in loop 1.
 
-`synthesize` draws z ~ N(0, I) and runs G -> Dec hidden -> F -> G with a2 (the reference's
-`generate_syn_feature`), batched, seeded per class so that rows do not depend on the batch
-size or on how the class list is split.
+`synthesize` runs G -> Dec hidden -> F -> G with a2 (the reference's `generate_syn_feature`)
+through the fused synthesis op (`ops/generator.py`); z of row r of class c comes from the
+counter-based stream (seed, c, r), so rows do not depend on the batch size or on how the class
+list is split.
 
 Choices where method.md is silent, taken from the reference code:
 - The two feedback loops are the OUTER loop inside an epoch (all iterations of loop 0, then all
@@ -87,9 +88,6 @@ _CKPT_FORMAT = "dfzsl_fast.tfvaegan/1"
 # Config fields that may differ between a checkpoint and the run resuming it: `epochs` (to train
 # longer) and the two synthesis-only settings.
 _RESUMABLE_FIELDS = ("epochs", "syn_num", "feedback_weight_syn")
-# synthesize() draws each class's noise in fixed blocks of this many rows, so the random stream
-# (and hence every row) is independent of the caller's batch_size.
-_NOISE_BLOCK = 4096
 
 
 # ------------------------------------------------------------------------------- losses
@@ -570,13 +568,6 @@ def train_generator(
 
 
 # ------------------------------------------------------------------------------- synthesis
-def _class_indices(classes: Any, C: int) -> torch.Tensor:
-    t = check_class_indices(classes, "classes", C)  # duplicates would get equal rows
-    if t.numel() == 0:
-        raise ValueError("classes: is empty")
-    return t
-
-
 def synthesize(
     model: TFVAEGAN,
     class_embeddings: torch.Tensor,
@@ -587,25 +578,29 @@ def synthesize(
     batch_size: int | None = None,
     a2: float | None = None,
     use_feedback: bool = True,
+    backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Synthesise features of the given classes with a trained TF-VAEGAN (no grad).
+    """Synthesise features of the given classes with a trained TF-VAEGAN, in memory (no grad).
 
-    Each row is G(z, a_c, F(Dec.hidden(G(z, a_c))), a2) with z ~ N(0, I_Z) (the reference
-    `generate_syn_feature`). Class c's noise comes from its own generator seeded by (seed, c),
-    drawn in fixed blocks of rows, so the result does not depend on `batch_size` or on the
-    order/splitting of `classes`: synthesize(m, e, [0, 1], n) equals the concatenation of
-    synthesize(m, e, [0], n) and synthesize(m, e, [1], n) (to float rounding of the matmuls).
+    Each row is G(z, a_c, F(Dec.hidden(G(z, a_c))), a2) (the reference `generate_syn_feature`),
+    computed by the fused synthesis op through `synthesis.TFVAEGANGenerator`. Row r of class c
+    draws z from the counter-based stream (seed, c, r) (`synthesis.noise`), so the result does
+    not depend on `batch_size`, thread count or the order/splitting of `classes`:
+    synthesize(m, e, [0, 1], n) is the concatenation of synthesize(m, e, [0], n) and
+    synthesize(m, e, [1], n), bitwise on the native kernel. For more rows than fit in memory,
+    use `dfzsl_fast.synthesize_to` (shards on disk) or `synthesis.GeneratedRows` (on read).
 
     Args:
-        model: a trained `TFVAEGAN` (its device is used; its train/eval mode is kept).
+        model: a trained `TFVAEGAN` (its device is used).
         class_embeddings: (C, A) float embeddings of all classes (any norm; L2-normalised here,
             as in training).
         classes: (K,) distinct class indices into `class_embeddings`.
         num_per_class: rows per class (>= 1), e.g. `config.syn_num`.
         seed: noise seed.
-        batch_size: rows per network pass, bounding memory (None: 8192).
+        batch_size: rows per kernel call, bounding working memory (None: 65536).
         a2: feedback weight (None: `model.config.feedback_weight_syn`, 0.01).
         use_feedback: False uses G(z, a) alone.
+        backend: "native", "triton", "torch" or None (auto).
 
     Returns:
         x: (K * num_per_class, D) float32 unit rows on the model's device, grouped by class in
@@ -614,62 +609,19 @@ def synthesize(
     Example:
         >>> x_u, y_u = synthesize(model, text_all, unseen_classes, 1800, seed=0)
     """
-    if not isinstance(model, TFVAEGAN):
-        raise TypeError(f"model: expected a TFVAEGAN, got {type(model).__name__}")
+    from ..synthesis import TFVAEGANGenerator, generate_all
+
+    gen = TFVAEGANGenerator(model, a2=a2, use_feedback=use_feedback, backend=backend)
     e_in = check_matrix(class_embeddings, "class_embeddings", "(C, A)")
-    C, A = e_in.shape
-    if A != model.embed_dim:
+    if e_in.shape[1] != model.embed_dim:
         raise ValueError(
-            f"class_embeddings: width {A} does not match the model's embedding width "
+            f"class_embeddings: width {e_in.shape[1]} does not match the model's embedding width "
             f"{model.embed_dim}"
         )
-    cls = _class_indices(classes, C)
+    cls = check_class_indices(classes, "classes", e_in.shape[0])
+    if cls.numel() == 0:
+        raise ValueError("classes: is empty")
     num = check_int(num_per_class, "num_per_class", 1)
     seed = check_seed(seed)
-    bs = 8192 if batch_size is None else check_int(batch_size, "batch_size", 1)
-    if a2 is None:
-        a2 = model.config.feedback_weight_syn
-    if isinstance(a2, bool) or not isinstance(a2, (int, float)) or not math.isfinite(a2):
-        raise TypeError(f"a2: expected a finite number, got {a2!r}")
-    a2 = float(a2)
-
-    device = next(model.parameters()).device
-    emb = F.normalize(e_in.to(device=device, dtype=torch.float32), dim=1)
-    K, Z, D = cls.numel(), model.latent_dim, model.feature_dim
-    x_out = torch.empty(K * num, D, dtype=torch.float32, device=device)
-    y_out = cls.to(device).repeat_interleave(num)
-
-    def noise_pieces():
-        # (row offset, class index, z block) in output order; blocks have a fixed size.
-        for k, c in enumerate(cls.tolist()):
-            g = seeded_generator(seed, c, device)
-            for s in range(0, num, _NOISE_BLOCK):
-                n = min(_NOISE_BLOCK, num - s)
-                yield k * num + s, c, torch.randn((n, Z), generator=g, device=device)
-
-    def run(start: int, zs: list[torch.Tensor], cs: list[torch.Tensor]) -> None:
-        z = torch.cat(zs) if len(zs) > 1 else zs[0]
-        c = torch.cat(cs) if len(cs) > 1 else cs[0]
-        x_out[start : start + z.shape[0]] = model.generate(z, emb[c], a2, use_feedback=use_feedback)
-
-    with torch.no_grad():
-        zs: list[torch.Tensor] = []
-        cs: list[torch.Tensor] = []
-        pending, start = 0, 0
-        for row, c, zb in noise_pieces():
-            if not zs:
-                start = row
-            used = 0
-            while used < zb.shape[0]:
-                take = min(zb.shape[0] - used, bs - pending)
-                zs.append(zb[used : used + take])
-                cs.append(torch.full((take,), c, dtype=torch.int64, device=device))
-                used += take
-                pending += take
-                if pending == bs:
-                    run(start, zs, cs)
-                    start += pending
-                    zs, cs, pending = [], [], 0
-        if zs:
-            run(start, zs, cs)
-    return x_out, y_out
+    bs = 65536 if batch_size is None else check_int(batch_size, "batch_size", 1)
+    return generate_all(gen, e_in, cls, num, seed=seed, batch_rows=bs)

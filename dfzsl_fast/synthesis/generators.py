@@ -29,7 +29,7 @@ from .._checks import check_seed
 from ..hashing import fingerprint, sha256_text
 from .noise import MAX_INDEX
 
-__all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "OUT_DTYPES"]
+__all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "OUT_DTYPES", "generate_all"]
 
 #: Output dtypes every generator supports (the stored formats of feature shards).
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -232,3 +232,44 @@ class VMFGenerator(FeatureGenerator):
                               backend=self.backend)
             out[s:t] = x.to(out_dtype)
         return out
+
+
+def generate_all(
+    generator: FeatureGenerator,
+    class_embeddings: torch.Tensor,
+    classes: Any,
+    num_per_class: int,
+    *,
+    seed: int,
+    batch_rows: int = 65536,
+    out_dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All rows of `classes` in memory, class-major (the row order of `synthesize_to`).
+
+    Args:
+        generator: a `FeatureGenerator`.
+        class_embeddings: (C, A).
+        classes: (K,) distinct class ids into class_embeddings.
+        num_per_class: rows per class n >= 1.
+        seed: synthesis seed.
+        batch_rows: rows per `generate` call (bounds the working memory, not the result).
+
+    Returns:
+        x (K * n, D) in out_dtype on the generator's device; y (K * n,) int64 class ids.
+    """
+    from .._checks import check_class_indices, check_int
+
+    if not isinstance(generator, FeatureGenerator):
+        raise TypeError(f"generator: expected a FeatureGenerator, got {type(generator).__name__}")
+    if not isinstance(class_embeddings, torch.Tensor) or class_embeddings.dim() != 2:
+        raise TypeError("class_embeddings: expected a (C, A) tensor")
+    cls = check_class_indices(classes, "classes", class_embeddings.shape[0])
+    n = check_int(num_per_class, "num_per_class", 1)
+    b = check_int(batch_rows, "batch_rows", 1)
+    total = cls.numel() * n
+    x = torch.empty(total, generator.feature_dim, dtype=out_dtype, device=generator.device)
+    for s in range(0, total, b):
+        g = torch.arange(s, min(s + b, total))
+        x[s : s + g.numel()] = generator.generate(class_embeddings, cls[g // n], g % n,
+                                                  seed=seed, out_dtype=out_dtype)
+    return x, cls.repeat_interleave(n).to(generator.device)
