@@ -28,7 +28,7 @@ load_error: str | None = None
 _NATIVE_DTYPES = {
     "vmf_sample": (torch.float32, torch.float64),
     "cosine": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
-    "tfvaegan": (torch.float32,),
+    "tfvaegan": (torch.float32, torch.bfloat16),  # of the GEMM weights
 }
 
 

@@ -186,6 +186,14 @@ class GeneratorConfig:
     the new classes (for which no teacher exists to refine the mean). It needs no training, and
     it cannot put new-class features inside base-class regions, which a generator extrapolating
     from few base classes can do.
+
+    ``synthesis`` says where the ``syn_num`` features per new class live while the final
+    classifier trains: ``"memory"`` (one tensor, the default), ``"disk"`` (feature shards
+    written by `dfzsl_fast.synthesize_to`, in ``shard_dtype``, memory-mapped on read: memory
+    bounded by a batch whatever syn_num; in the stage cache folder when caching, else a temporary
+    folder), or ``"stream"`` (nothing stored: each batch's rows are regenerated from their
+    (class, row) counters, bitwise the same rows every epoch). The three train the same
+    classifier for the same rows (disk: to the rounding of ``shard_dtype``).
     """
 
     kind: str = "tfvaegan"
@@ -205,6 +213,8 @@ class GeneratorConfig:
     feedback_weight_train: float = 0.01  # a1
     feedback_weight_syn: float = 0.01  # a2
     seed: int = 806
+    synthesis: str = "memory"  # "memory" | "disk" | "stream" (ours)
+    shard_dtype: str = "float16"  # stored format of "disk" shards: float16 | bfloat16 | float32
 
     def __post_init__(self) -> None:
         _positive(self, "epochs", "batch_size", "syn_num", "hidden", "lr", "feedback_lr")
@@ -214,6 +224,12 @@ class GeneratorConfig:
         _nonneg(self, "feedback_weight_train", "feedback_weight_syn")
         if self.kind not in ("tfvaegan", "vmf"):
             raise ValueError(f"GeneratorConfig.kind: 'tfvaegan' or 'vmf', got {self.kind!r}")
+        if self.synthesis not in ("memory", "disk", "stream"):
+            raise ValueError("GeneratorConfig.synthesis: 'memory', 'disk' or 'stream', got "
+                             f"{self.synthesis!r}")
+        if self.shard_dtype not in ("float16", "bfloat16", "float32"):
+            raise ValueError("GeneratorConfig.shard_dtype: 'float16', 'bfloat16' or 'float32', "
+                             f"got {self.shard_dtype!r}")
 
 
 @dataclass

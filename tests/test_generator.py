@@ -209,3 +209,49 @@ def test_vmf_generator_rows_are_pure_functions_of_class_and_row():
     assert torch.allclose(full.norm(dim=1), torch.ones(10), atol=1e-5)
     # mean resultant direction of class 0 points at its embedding
     assert F.cosine_similarity(full[:5].mean(0), e[0], dim=0) > 0.8
+
+
+# ------------------------------------------------------------------------------ bf16 mode
+# Bound for bf16 GEMM operands: each rounding to bf16 moves a vector by a relative 2^-9 at
+# most; the chain rounds about 12 vectors (inputs and outputs of six GEMMs), each passed on
+# with a gain of O(1) by these layers, so |x_bf16 - x| <= 12 * 2^-9 = 0.023 on unit rows;
+# 0.03 leaves room for the gains, and a real error (a wrong weight, bias or noise word) moves
+# rows by O(0.1) or more.
+TOL_BF16 = 0.03
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bf16_mode_close_to_float64(backend):
+    m = _model(48, 16, 80, 24)
+    e = torch.randn(5, 16)
+    c, r = _ids(300, 5)
+    gen = TFVAEGANGenerator(m, backend=backend, compute_dtype=torch.bfloat16)
+    x = gen.generate(e, c, r, seed=6)
+    ref = _f64_rows(m, e, c, r, 6)
+    err = (x.double() - ref).norm(dim=1).max()
+    assert err < TOL_BF16
+    assert err > 1e-6  # it did compute in bf16
+    assert gen.describe()["compute_dtype"] == "bfloat16"
+    assert gen.fingerprint() != TFVAEGANGenerator(m, backend=backend).fingerprint()
+
+
+@pytest.mark.skipif("native" not in BACKENDS, reason="native extension not built")
+def test_bf16_native_deterministic_and_close_to_reference():
+    m = _model(64, 32, 96)
+    e = torch.randn(8, 32)
+    c, r = _ids(300, 8)
+    gen = TFVAEGANGenerator(m, backend="native", compute_dtype=torch.bfloat16)
+    full = gen.generate(e, c, r, seed=2)
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            for bs in (1, 7, 4096):
+                got = torch.cat([gen.generate(e, c[s : s + bs], r[s : s + bs], seed=2)
+                                 for s in range(0, min(300, 40 * bs), bs)])
+                assert torch.equal(got, full[: got.shape[0]]), (nt, bs)
+    finally:
+        torch.set_num_threads(threads)
+    ref = TFVAEGANGenerator(m, backend="torch", compute_dtype=torch.bfloat16).generate(
+        e, c, r, seed=2)
+    assert (full - ref).norm(dim=1).max() < TOL_BF16

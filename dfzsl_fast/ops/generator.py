@@ -28,7 +28,7 @@ from . import _library  # noqa: F401  (defines the schema)
 __all__ = ["SynthesisWeights", "tfvaegan_synthesize", "OUT_DTYPES"]
 
 _OP = "tfvaegan_synthesize"
-_DTYPES = (torch.float32, torch.float64)
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16)  # of the GEMM weights
 #: Output formats: the stored formats of feature shards (float64 on the reference only).
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -56,7 +56,9 @@ class SynthesisWeights(NamedTuple):
     Shapes (H hidden, Z latent, A embedding, D feature width): w_z (H, Z), w_a (H, A), b1 (H,)
     [G's first layer split into its z and a halves], w_out (D, H), b_out (D,) [G's output
     layer], w_dec (H, D), b_dec (H,) [the decoder's hidden layer], w_fb1, w_fb2 (H, H), b_fb1,
-    b_fb2 (H,) [feedback F]. One dtype and device for all.
+    b_fb2 (H,) [feedback F]. One device for all. dtypes: the five GEMM weights (w_z, w_out,
+    w_dec, w_fb1, w_fb2) in the compute dtype (float32, bfloat16, or float64 on the reference);
+    w_a and the biases in the epilogue dtype (float64 with float64 GEMM weights, else float32).
     """
 
     w_z: torch.Tensor
@@ -72,38 +74,53 @@ class SynthesisWeights(NamedTuple):
     b_fb2: torch.Tensor
 
     @classmethod
-    def from_model(cls, model) -> SynthesisWeights:
-        """Detached views of a `TFVAEGAN`'s G, decoder hidden layer and F."""
+    def from_model(cls, model, compute_dtype: torch.dtype | None = None) -> SynthesisWeights:
+        """Detached copies of a `TFVAEGAN`'s G, decoder hidden layer and F; the GEMM weights in
+        `compute_dtype` (None: the model's dtype; torch.bfloat16: the bf16 mode)."""
         G, Dec, Fb = model.generator, model.decoder, model.feedback
         Z = model.latent_dim
         w1 = G.fc1.weight.detach()
+        mats = [w1[:, :Z], G.fc3.weight, Dec.fc1.weight, Fb.fc1.weight, Fb.fc2.weight]
+        wz, wo, wd, wf1, wf2 = (
+            m.detach().to(compute_dtype or m.dtype).contiguous() for m in mats)
         return cls(
-            w1[:, :Z].contiguous(), w1[:, Z:].contiguous(), G.fc1.bias.detach(),
-            G.fc3.weight.detach(), G.fc3.bias.detach(),
-            Dec.fc1.weight.detach(), Dec.fc1.bias.detach(),
-            Fb.fc1.weight.detach(), Fb.fc1.bias.detach(),
-            Fb.fc2.weight.detach(), Fb.fc2.bias.detach(),
+            wz, w1[:, Z:].contiguous(), G.fc1.bias.detach(),
+            wo, G.fc3.bias.detach(),
+            wd, Dec.fc1.bias.detach(),
+            wf1, Fb.fc1.bias.detach(),
+            wf2, Fb.fc2.bias.detach(),
         )
 
     def check(self) -> tuple[int, int, int, int]:
-        """(H, Z, A, D) after checking shapes, one dtype/device and finite values."""
+        """(H, Z, A, D) after checking shapes, dtypes, one device and finite values."""
         H, Z = self.w_z.shape
         A, D = self.w_a.shape[1], self.w_out.shape[0]
         want = {"w_z": (H, Z), "w_a": (H, A), "b1": (H,), "w_out": (D, H), "b_out": (D,),
                 "w_dec": (H, D), "b_dec": (H,), "w_fb1": (H, H), "b_fb1": (H,),
                 "w_fb2": (H, H), "b_fb2": (H,)}
+        if self.w_z.dtype not in _DTYPES:
+            raise TypeError(f"weights.w_z: expected float32, bfloat16 or float64, got "
+                            f"{self.w_z.dtype}")
+        edt = epilogue_dtype(self.w_z.dtype)
         for name, shape in want.items():
             t = getattr(self, name)
+            dt = self.w_z.dtype if name in _GEMM_WEIGHTS else edt
             if tuple(t.shape) != shape:
                 raise ValueError(f"weights.{name}: expected shape {shape}, got {tuple(t.shape)}")
-            if t.dtype != self.w_z.dtype or t.device != self.w_z.device:
-                raise ValueError(f"weights.{name}: expected {self.w_z.dtype} on "
-                                 f"{self.w_z.device}, got {t.dtype} on {t.device}")
+            if t.dtype != dt or t.device != self.w_z.device:
+                raise ValueError(f"weights.{name}: expected {dt} on {self.w_z.device}, got "
+                                 f"{t.dtype} on {t.device}")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"weights.{name}: holds NaN or Inf values")
-        if self.w_z.dtype not in _DTYPES:
-            raise TypeError(f"weights: expected float32 or float64, got {self.w_z.dtype}")
         return H, Z, A, D
+
+
+_GEMM_WEIGHTS = ("w_z", "w_out", "w_dec", "w_fb1", "w_fb2")
+
+
+def epilogue_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """dtype of the condition, biases and epilogues for GEMM weights of `compute_dtype`."""
+    return torch.float64 if compute_dtype == torch.float64 else torch.float32
 
 
 def _index_vector(t, name: str, n: int | None, high: int, device) -> torch.Tensor:
@@ -159,7 +176,7 @@ def tfvaegan_synthesize(
     """Synthesise rows (class_ids[i], row_ids[i]) with TF-VAEGAN weights (no grad).
 
     Args:
-        weights: `SynthesisWeights` (float32; float64 on the "torch" backend).
+        weights: `SynthesisWeights` (GEMM weights float32 or bfloat16; float64 on "torch").
         embeddings: (C, A) unit class embeddings, already normalised as in training; the
             condition term W_a a_c + b1 is computed once per distinct class of the call.
         class_ids: (N,) int class of each row, in [0, C) and < 2^32 (its noise stream).
@@ -180,6 +197,7 @@ def tfvaegan_synthesize(
     if isinstance(a1, bool) or not isinstance(a1, (int, float)) or not math.isfinite(a1):
         raise TypeError(f"a1: expected a finite number, got {a1!r}")
     dev, dt = weights.w_z.device, weights.w_z.dtype
+    edt = epilogue_dtype(dt)
     if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
         raise ValueError("embeddings: expected a (C, A) tensor")
     if embeddings.shape[1] != A:
@@ -191,7 +209,7 @@ def tfvaegan_synthesize(
     cls = _index_vector(class_ids, "class_ids", None, min(C, MAX_INDEX), dev)
     rows = _index_vector(row_ids, "row_ids", cls.numel(), MAX_INDEX, dev)
     uniq, inv = torch.unique(cls, return_inverse=True)
-    emb = embeddings.detach().to(device=dev, dtype=dt)[uniq]
+    emb = embeddings.detach().to(device=dev, dtype=edt)[uniq]
     if not bool(torch.isfinite(emb).all()):
         raise ValueError("embeddings: the rows of the requested classes hold NaN or Inf values")
     with torch.no_grad():

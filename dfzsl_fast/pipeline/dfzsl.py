@@ -32,7 +32,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -106,6 +108,8 @@ class DFZSLResult:
         scores: last-epoch test scores (when `eval_data` was given), and under
             "paper_protocol_max_over_epochs" the best epoch's, labelled as such.
         features: the classifier's training set: {"virtual": (x, y), "synthesized": (x, y)},
+            where "synthesized" is a `synthesis.Rows` source instead under
+            ``generator.synthesis="disk"`` / ``"stream"``;
             labels in class_names indices (for plots and inspection).
         estimate: whether the extension is expected to beat zero-shot (held-out base
             classes, `estimate.py`); None when `classifier.estimate` is off.
@@ -123,7 +127,7 @@ class DFZSLResult:
     cached: list[str] = field(default_factory=list)
     history: dict[str, list] = field(default_factory=dict)
     scores: dict[str, Any] = field(default_factory=dict)
-    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
+    features: dict[str, Any] = field(default_factory=dict)
     estimate: GainEstimate | None = None
     fell_back: bool = False
 
@@ -426,21 +430,23 @@ class DFZSL:
         # 3. generator and synthesis
         t0 = time.perf_counter()
         gcfg = cfg.generator
-        k3 = stage_key("generator", k2, gcfg,
+        # the synthesis mode changes where rows live, not which rows: not part of the key
+        k3 = stage_key("generator", k2,
+                       dataclasses.replace(gcfg, synthesis="memory", shard_dtype="float16"),
                        (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None)
-        def synthetic_stage():
-            if gcfg.kind == "vmf":
-                from .. import sample_vmf
+        syn_seed = mix_seed(gcfg.seed, 1)
 
-                k_u = torch.full((unseen.numel(),), float(kappa.max()), dtype=torch.float64,
-                                 device=device)
+        def feature_generator():
+            """(generator, class embeddings) of the new classes' features (synthesis/)."""
+            if gcfg.kind == "vmf":
+                from ..synthesis import VMFGenerator
+
                 # around the new classes' starting prototypes: in the centred frame their
                 # mapped text, the frame the virtual features live in (published: the text)
-                xu, yu = sample_vmf(init[unseen.to(device)], k_u,
-                                    n_per_class=gcfg.syn_num, seed=mix_seed(gcfg.seed, 1),
-                                    wood_b=sim.wood_b, backend=self.backend)
-                return {"x": xu, "y": unseen.to(device)[yu]}, {}
-            from .generator import synthesize, train_generator
+                return VMFGenerator(float(kappa.max()), init.shape[1], wood_b=sim.wood_b,
+                                    backend=self.backend, device=device), init
+            from ..synthesis import TFVAEGANGenerator
+            from .generator import train_generator
 
             ckpt = None
             if self.cache.enabled:
@@ -449,15 +455,40 @@ class DFZSL:
             model = train_generator(
                 xs, yv_all, emb, gcfg, seed=gcfg.seed, progress=self.progress, checkpoint=ckpt,
             )
-            xu, yu = synthesize(model, emb, unseen.to(device), gcfg.syn_num,
-                                seed=mix_seed(gcfg.seed, 1))
-            return {"x": xu.to(device), "y": yu.to(device)}, {}
+            return TFVAEGANGenerator(model, backend=self.backend), emb
 
-        tens, _, hit = self.cache.get_or_compute("synthetic", k3, synthetic_stage, device)
-        xu, yu = tens["x"], tens["y"]
-        if hit:
-            cached.append("generator")
-            self._log_cached("stage 3 (new-class features)", "synthetic")
+        syn_rows = None
+        if gcfg.synthesis == "memory":
+            def synthetic_stage():
+                from ..synthesis import generate_all
+
+                gen, emb = feature_generator()
+                xu, yu = generate_all(gen, emb, unseen, gcfg.syn_num, seed=syn_seed)
+                return {"x": xu.to(device), "y": yu.to(device)}, {}
+
+            tens, _, hit = self.cache.get_or_compute("synthetic", k3, synthetic_stage, device)
+            xu, yu = tens["x"], tens["y"]
+            if hit:
+                cached.append("generator")
+                self._log_cached("stage 3 (new-class features)", "synthetic")
+        else:
+            from ..synthesis import GeneratedRows, ShardRows
+
+            gen, emb = feature_generator()
+            if gcfg.synthesis == "stream":
+                syn_rows = GeneratedRows(gen, emb, unseen, gcfg.syn_num, seed=syn_seed)
+            else:
+                from ..synthesis import synthesize_to
+
+                if self.cache.enabled:
+                    shard_dir = self.cache.root / f"synthetic-{k3[:12]}"
+                else:
+                    self._tmp = tempfile.TemporaryDirectory(prefix="dfzsl-shards-")
+                    shard_dir = Path(self._tmp.name) / "synthetic"
+                synthesize_to(shard_dir, gen, emb, unseen, gcfg.syn_num, seed=syn_seed,
+                              dtype=getattr(torch, gcfg.shard_dtype), progress=self.progress)
+                syn_rows = ShardRows(shard_dir)
+            xu = yu = None
         self._stale_checkpoints(k3 if gcfg.kind == "tfvaegan" else None)
         timings["generator"] = time.perf_counter() - t0
 
@@ -493,8 +524,15 @@ class DFZSL:
                 s = evaluate(tmp_clf, eval_data[0], eval_data[1], cfg.protocol)
                 test_hist.append({k: v for k, v in s.items() if not k.startswith("per_class")})
 
-        x_tr = project_out(torch.cat([xs, xu.to(xs.dtype)]), center)
-        y_tr = torch.cat([yv_all, yu])
+        if syn_rows is None:
+            x_tr = project_out(torch.cat([xs, xu.to(xs.dtype)]), center)
+            y_tr = torch.cat([yv_all, yu])
+        else:  # rows read batch by batch (disk or regenerated): the same rows, same order
+            from ..synthesis import ConcatRows, MappedRows, TensorRows
+
+            x_tr = MappedRows(ConcatRows(TensorRows(xs, yv_all), syn_rows),
+                              lambda x: project_out(x.to(device=device, dtype=xs.dtype), center))
+            y_tr = None
         head = train_final_classifier(
             x_tr, y_tr, init, seen, unseen, ccfg, epochs=epochs, batch_size=batch_size,
             seed=cfg.seed, progress=self.progress, callback=_track, backend=self.backend,
@@ -555,7 +593,8 @@ class DFZSL:
             classifier=clf, text_features=T0, tuned_text_features=T1, mu=mu, kappa=kappa,
             keep=keep, prompt_tuning=prompt_tuning, timings=timings, cached=cached,
             history=history, scores=scores, estimate=estimate, fell_back=fell_back,
-            features={"virtual": (xs, yv_all), "synthesized": (xu, yu)},
+            features={"virtual": (xs, yv_all),
+                      "synthesized": (xu, yu) if syn_rows is None else syn_rows},
         )
 
 

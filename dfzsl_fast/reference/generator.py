@@ -38,17 +38,23 @@ def tfvaegan_synthesize(cond, cond_index, class_ids, row_ids, w_z, w_out, b_out,
                         w_fb1, b_fb1, w_fb2, b_fb2, seed, a1, feedback, out_dtype):
     """See the module docstring. Shapes: cond (K, H); cond_index, class_ids, row_ids (N,) int64;
     w_z (H, Z); w_out (D, H); b_out (D,); w_dec (H, D); b_dec (H,); w_fb1, w_fb2 (H, H);
-    b_fb1, b_fb2 (H,). Returns (N, D) in `out_dtype`."""
+    b_fb1, b_fb2 (H,). GEMM operands in w_z's dtype (the bf16 mode rounds the activations to
+    bf16 before each GEMM), everything else in cond's dtype. Returns (N, D) in `out_dtype`."""
     N, D, Z = class_ids.shape[0], w_out.shape[0], w_z.shape[1]
+    cd, ed = w_z.dtype, cond.dtype
+
+    def lin(x, w, b):
+        return (x.to(cd) @ w.T).to(ed) + b
+
     out = torch.empty(N, D, dtype=out_dtype, device=w_z.device)
     for s in range(0, N, CHUNK):
         c, r = class_ids[s : s + CHUNK], row_ids[s : s + CHUNK]
-        z = synth_normals(seed, c, r, Z, w_z.dtype)
-        h = _lrelu(z @ w_z.T + cond[cond_index[s : s + CHUNK]])
-        y = F.linear(h, w_out, b_out)
+        z = synth_normals(seed, c, r, Z, ed)
+        h = _lrelu((z.to(cd) @ w_z.T).to(ed) + cond[cond_index[s : s + CHUNK]])
+        y = lin(h, w_out, b_out)
         if feedback:
-            d = _lrelu(F.linear(F.normalize(y, dim=1, eps=EPS), w_dec, b_dec))
-            f = _lrelu(F.linear(_lrelu(F.linear(d, w_fb1, b_fb1)), w_fb2, b_fb2))
-            y = F.linear(h + a1 * f, w_out, b_out)
+            d = _lrelu(lin(F.normalize(y, dim=1, eps=EPS), w_dec, b_dec))
+            f = _lrelu(lin(_lrelu(lin(d, w_fb1, b_fb1)), w_fb2, b_fb2))
+            y = lin(h + a1 * f, w_out, b_out)
         out[s : s + CHUNK] = F.normalize(y, dim=1, eps=EPS).to(out_dtype)
     return out

@@ -136,12 +136,17 @@ class TFVAEGANGenerator(FeatureGenerator):
         a2: feedback weight (None: `model.config.feedback_weight_syn`).
         use_feedback: False uses G(z, a) alone.
         backend: "native", "triton", "torch" or None (auto).
+        compute_dtype: None (the model's dtype, float32) or torch.bfloat16: GEMMs on bf16
+            operands with float32 accumulation and float32 epilogues (the GPU kernels' precision;
+            on CPUs with AVX512-BF16 or AMX about twice the float32 rate). Rows then differ from
+            float32 ones by bf16 rounding (~4e-3 relative), far below the spread of synthetic
+            features; a different generator identity (`describe()`).
     """
 
     kind = "tfvaegan"
 
     def __init__(self, model, *, a2: float | None = None, use_feedback: bool = True,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, compute_dtype: torch.dtype | None = None) -> None:
         from ..models.tfvaegan import TFVAEGAN
         from ..ops.generator import SynthesisWeights
 
@@ -155,7 +160,10 @@ class TFVAEGANGenerator(FeatureGenerator):
         self.a2 = float(a2)
         self.use_feedback = bool(use_feedback)
         self.backend = backend
-        self.weights = SynthesisWeights.from_model(model)
+        if compute_dtype not in (None, torch.float32, torch.bfloat16, torch.float64):
+            raise TypeError(f"compute_dtype: expected None, torch.float32 or torch.bfloat16, "
+                            f"got {compute_dtype!r}")
+        self.weights = SynthesisWeights.from_model(model, compute_dtype)
         self.weights.check()
         self.embed_dim, self.feature_dim = model.embed_dim, model.feature_dim
 
@@ -165,12 +173,14 @@ class TFVAEGANGenerator(FeatureGenerator):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, **self.model.shape_dict(), "a2": self.a2,
-                "use_feedback": self.use_feedback, "weights": fingerprint(*self.weights)}
+                "use_feedback": self.use_feedback,
+                "compute_dtype": str(self.weights.w_z.dtype).replace("torch.", ""),
+                "weights": fingerprint(*self.weights)}
 
     def _generate(self, e, cls, rows, seed, out_dtype):
         from ..ops.generator import tfvaegan_synthesize
 
-        emb = F.normalize(e.to(self.device, self.weights.w_z.dtype), dim=1)
+        emb = F.normalize(e.to(self.device, self.weights.b1.dtype), dim=1)
         return tfvaegan_synthesize(self.weights, emb, cls, rows, seed=seed, a1=self.a2,
                                    feedback=self.use_feedback, out_dtype=out_dtype,
                                    backend=self.backend)
