@@ -117,6 +117,21 @@ def _adjustment(counts: torch.Tensor, seen: torch.Tensor, unseen: torch.Tensor, 
     return p.log() + p0.log()
 
 
+def _data_parallel() -> tuple[int, int]:
+    """(world size, rank) of an initialised torch.distributed group, else (1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(), dist.get_rank()
+    return 1, 0
+
+
+def _all_reduce_sum(t: torch.Tensor) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
 def train_final_classifier(
     features: torch.Tensor | Rows,
     labels: torch.Tensor | None,
@@ -156,6 +171,14 @@ def train_final_classifier(
             evaluate on a held-out split (model selection stays the caller's choice; the
             returned head is the last epoch's).
         backend: backend of the fused cosine ops.
+
+    Data parallel: when torch.distributed is initialised (e.g. launched by ``torchrun``), every
+    rank draws the same permutation, computes the loss of its contiguous share of each batch
+    (summed, over the global batch size) and the prototype gradient is all-reduced before
+    every rank takes the same Adam step: DDP's algorithm for this one-parameter model, done by
+    hand because the fused cross-entropy reads the weight directly (DDP's hooks need its own
+    forward). The result equals one process's to float rounding of the gradient sum; with a
+    `Rows` source each rank reads only its own rows. Progress shows on rank 0.
 
     Returns:
         A learnable `CosineClassifier` (C_all classes, the given scale) after the last epoch.
@@ -255,31 +278,49 @@ def train_final_classifier(
     )
     opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas))
     gen = seeded_generator(seed)
-    with Progress(epochs, "dfzsl stage 4: final classifier", enabled=progress) as bar:
+    world, rank = _data_parallel()
+    with Progress(epochs, "dfzsl stage 4: final classifier",
+                  enabled=progress and rank == 0) as bar:
         for epoch in range(epochs):
-            perm = torch.randperm(N, generator=gen)
+            perm = torch.randperm(N, generator=gen)  # the same on every rank (same seed)
             perm = perm.to(device) if rows is None else perm
             total = torch.zeros((), dtype=torch.float64, device=device)
             nb = 0
             for s in range(0, N, batch_size):
-                xb, yb = batch(perm[s : s + batch_size])
-                loss = cosine_cross_entropy(
-                    xb,
-                    head.weight,
-                    yb,
-                    head.scale,
-                    logit_adjustment=adj,
-                    backend=backend,
-                    # the features were checked once above and the prototypes are unit rows
-                    # of this loop: no per-batch NaN scan (a host sync per step on a GPU); a
-                    # diverged head is refused when the classifier is built from it
-                    check_inputs=False,
-                )
+                idx = perm[s : s + batch_size]
+                n_b = idx.numel()
+                if world > 1:  # this rank's contiguous share of the batch
+                    idx = idx[n_b * rank // world : n_b * (rank + 1) // world]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if idx.numel():
+                    xb, yb = batch(idx)
+                    # over ranks: sum / (global batch size), so that the ranks' losses and
+                    # gradients add up to the batch mean of one process
+                    loss = cosine_cross_entropy(
+                        xb,
+                        head.weight,
+                        yb,
+                        head.scale,
+                        logit_adjustment=adj,
+                        reduction="sum" if world > 1 else "mean",
+                        backend=backend,
+                        # the features were checked once above and the prototypes are unit
+                        # rows of this loop: no per-batch NaN scan (a host sync per step on a
+                        # GPU); a diverged head is refused when the classifier is built from it
+                        check_inputs=False,
+                    )
+                    if world > 1:
+                        loss = loss / n_b
+                    loss.backward()
+                    total += loss.detach()
+                else:
+                    head.weight.grad = torch.zeros_like(head.weight)
+                if world > 1:
+                    _all_reduce_sum(head.weight.grad)
                 opt.step()
-                total += loss.detach()
                 nb += 1
+            if world > 1:
+                _all_reduce_sum(total)
             mean_loss = float(total) / nb
             bar.update(loss=mean_loss)
             if callback is not None:
