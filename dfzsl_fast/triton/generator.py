@@ -105,6 +105,18 @@ def _philox(c0, c1, c2, c3, k0, k1):
 
 
 @triton.jit
+def _cast(x, dtype: tl.constexpr, FIX_BF16: tl.constexpr):
+    """x (float32) in `dtype`. With FIX_BF16 (the interpreter, whose float32 -> bf16 conversion
+    truncates) a bf16 target is first rounded to nearest even by bit arithmetic, as the GPU's
+    cvt.rn.bf16.f32 rounds (finite values; the result is then exact in bf16)."""
+    if FIX_BF16 and dtype == tl.bfloat16:
+        b = x.to(tl.uint32, bitcast=True)
+        b = (b + (0x7FFF + ((b >> 16) & 1))) & 0xFFFF0000
+        x = b.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@triton.jit
 def _box_muller(w_radius, w_angle):
     """Two normals from two uint32 words (fastmath.h box_muller, float32)."""
     u1 = ((w_radius >> 8).to(tl.float32) + 0.5) * 5.9604644775390625e-08
@@ -185,7 +197,7 @@ def _hidden_kernel(cls_ptr, rid_ptr, cidx_ptr, cond_ptr, w_ptr, h_ptr, n_rows, H
         kz = kb * BK + tl.arange(0, BK)
         kmask = kz < Z
         z = _normals_tile(cls, rid, k0, k1, kb, BM, BK)
-        a = tl.where(kmask[None, :], z, 0.0).to(tl.bfloat16)
+        a = _cast(tl.where(kmask[None, :], z, 0.0), tl.bfloat16, UPCAST)
         w = tl.load(w_ptr + cols[None, :].to(tl.int64) * stride_w + kz[:, None],
                     mask=kmask[:, None] & cmask[None, :], other=0.0)
         if UPCAST:
@@ -197,8 +209,8 @@ def _hidden_kernel(cls_ptr, rid_ptr, cidx_ptr, cond_ptr, w_ptr, h_ptr, n_rows, H
     cond = tl.load(cond_ptr + ci[:, None] * stride_cond + cols[None, :], mask=mask, other=0.0)
     h = acc + cond
     h = tl.where(h > 0.0, h, h * slope)
-    tl.store(h_ptr + rows[:, None] * stride_h + cols[None, :], h.to(h_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(h_ptr + rows[:, None] * stride_h + cols[None, :],
+             _cast(h, h_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
 @triton.jit
@@ -241,8 +253,8 @@ def _linear_act_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, n_rows, N, K,
     if FBADD:
         r = tl.load(res_ptr + rows[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
         y = r.to(tl.float32) + a1 * y
-    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=mask)
+    tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :],
+             _cast(y, y_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
 @triton.jit(do_not_specialize=["n_rows"])
@@ -263,7 +275,7 @@ def _linear_norm_kernel(x_ptr, w_ptr, b_ptr, scr_ptr, y_ptr, n_rows, N, K,
         y = tl.where(cmask[None, :], acc + b[None, :], 0.0)
         inv = 1.0 / tl.maximum(tl.sqrt(tl.sum(y * y, axis=1)), eps)
         tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :],
-                 (y * inv[:, None]).to(y_ptr.dtype.element_ty),
+                 _cast(y * inv[:, None], y_ptr.dtype.element_ty, UPCAST),
                  mask=rmask[:, None] & cmask[None, :])
     else:
         ss = tl.zeros((BM,), dtype=tl.float32)
@@ -285,7 +297,7 @@ def _linear_norm_kernel(x_ptr, w_ptr, b_ptr, scr_ptr, y_ptr, n_rows, N, K,
             y = tl.load(scr_ptr + rows[:, None] * stride_scr + cols[None, :], mask=mask,
                         other=0.0)
             tl.store(y_ptr + rows[:, None] * stride_y + cols[None, :],
-                     (y * inv[:, None]).to(y_ptr.dtype.element_ty), mask=mask)
+                     _cast(y * inv[:, None], y_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
 _INTERPRETED = type(_linear_act_kernel).__name__ == "InterpretedFunction"
