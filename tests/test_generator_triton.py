@@ -194,8 +194,9 @@ def test_normals_match_reference(Z):
         (40, 36, 20, 12, False, 0.8, torch.float16),
         (24, 10, 7, 5, True, 1.5, torch.bfloat16),    # D in one tile (no fp32 scratch)
         (17, 33, 5, 3, True, 0.3, torch.float16),
+        (24, 260, 9, 4, True, 0.6, torch.float32),    # D over several tiles on a GPU too
     ],
-    ids=["fb-f32", "nofb-f16", "onetile-bf16", "tiny-f16"],
+    ids=["fb-f32", "nofb-f16", "onetile-bf16", "tiny-f16", "wide-d"],
 )
 def test_matches_reference(H, D, Z, A, feedback, a1, out_dtype):
     w = _weights(H, Z, A, D, seed=H + D)
