@@ -81,11 +81,11 @@ SCRATCH_BYTES = 1 << 30
 MAX_CHUNK_ROWS = 1 << 16
 
 # Philox4x32-10 constants (synthesis/noise.py, csrc/include/dfzsl/philox.h).
-_PHILOX_M0: tl.constexpr = 0xD2511F53
-_PHILOX_M1: tl.constexpr = 0xCD9E8D57
-_PHILOX_W0: tl.constexpr = 0x9E3779B9
-_PHILOX_W1: tl.constexpr = 0xBB67AE85
-_STAGE: tl.constexpr = STAGE_SYNTH
+_PHILOX_M0 = tl.constexpr(0xD2511F53)
+_PHILOX_M1 = tl.constexpr(0xCD9E8D57)
+_PHILOX_W0 = tl.constexpr(0x9E3779B9)
+_PHILOX_W1 = tl.constexpr(0xBB67AE85)
+_STAGE = tl.constexpr(STAGE_SYNTH)
 
 
 # --------------------------------------------------------------------------------- device code
