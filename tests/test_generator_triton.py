@@ -324,9 +324,10 @@ def sig(fn, ptrs, consts):
     assert "wgmma" in k.asm["ptx"], fn.__name__
 ptr = {"cls_ptr": "*i64", "rid_ptr": "*i64", "cidx_ptr": "*i64", "cond_ptr": "*fp32",
        "w_ptr": "*bf16", "h_ptr": "*bf16"}
-sig(tg._hidden_kernel, ptr, {"BM": 128, "BN": 128, "BK": 32, "UPCAST": False})
+sig(tg._hidden_kernel, ptr, {"BM": 128, "BN": 256, "BK": 32, "UPCAST": False, "GROUP_M": 8})
 ptr = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "res_ptr": "*bf16", "y_ptr": "*bf16"}
-sig(tg._linear_act_kernel, ptr, {"FBADD": True, "BM": 128, "BN": 128, "BK": 64, "UPCAST": False})
+sig(tg._linear_act_kernel, ptr,
+    {"FBADD": True, "BM": 128, "BN": 128, "BK": 64, "UPCAST": False, "GROUP_M": 8})
 for one, yt in ((False, "*bf16"), (True, "*fp16"), (False, "*fp32")):
     ptr = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*fp32", "scr_ptr": "*fp32", "y_ptr": yt}
     sig(tg._linear_norm_kernel, ptr,

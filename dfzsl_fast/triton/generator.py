@@ -47,9 +47,14 @@ twice, W_dec, W_fb1 and W_fb2); without feedback 2 (Z H + H D).
       launches are not fused across layers; a per-row-block megakernel would keep h in SMEM).
   H = 4096, D = Z = 512: 83.9 MFLOP/row, ~11.8 M rows/s at peak; 80% of the FLOPs are the two
       H x H feedback GEMMs, compute-bound (~390 FLOP/B of scratch traffic).
-The Philox + Box-Muller work is recomputed once per H tile of launch 1 (~50 integer ops per
-element of z): a few percent of the GEMM time at these shapes. Tiles are first guesses for
-sm_90 (128 x 128 x 64, 8 warps, 3 stages), not tuned on a GPU.
+The Philox + Box-Muller work (~110 integer/SFU ops per block of 4 normals, ~28 per element of
+z) is recomputed once per H tile of launch 1 (tiles of 256: H/256 times per row): at ~20 T
+simple ops/s on CUDA cores that is ~2.9 ns/row at H = 1024 and ~11 ns/row at H = 4096, against
+~8.5 and ~85 ns/row of tensor-core time at peak, i.e. up to ~35% / ~13% extra where it does not
+overlap the wgmma (a chunk-sized bf16 z scratch would remove it at 2 Z bytes/row of traffic;
+by design z never leaves registers). Launches 1, 3-5 order their tiles in groups of 8 row
+tiles so that A tiles are re-read from L2. Tiles are first guesses for sm_90 (128 x 128 x 64,
+8 warps, 3 stages), not tuned on a GPU.
 
 CPU tensors run only under the Triton interpreter (TRITON_INTERPRET=1 set before this module is
 imported). The interpreter's tl.dot mishandles bf16 operands, so there (only) the bf16 tiles are
@@ -180,10 +185,9 @@ def _normals_kernel(cls_ptr, rid_ptr, z_ptr, n_rows, Z, seed_lo, seed_hi,
 def _hidden_kernel(cls_ptr, rid_ptr, cidx_ptr, cond_ptr, w_ptr, h_ptr, n_rows, H, Z,
                    seed_lo, seed_hi, stride_cond, stride_w, stride_h, slope,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                   UPCAST: tl.constexpr):
+                   UPCAST: tl.constexpr, GROUP_M: tl.constexpr):
     """h = LReLU(z W_z^T + cond[cond_index]) for BM rows x BN hidden units, z from Philox."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile_ids(tl.cdiv(n_rows, BM), tl.cdiv(H, BN), GROUP_M)
     rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rmask = rows < n_rows
     cols = pid_n * BN + tl.arange(0, BN)
@@ -214,6 +218,18 @@ def _hidden_kernel(cls_ptr, rid_ptr, cidx_ptr, cond_ptr, w_ptr, h_ptr, n_rows, H
 
 
 @triton.jit
+def _tile_ids(n_m, n_n, GROUP_M: tl.constexpr):
+    """(row tile, column tile) of this program on a 1-D grid of n_m * n_n, grouped: GROUP_M
+    row tiles sweep the column tiles together, so that their A tiles are re-read from L2
+    rather than from HBM (the row tiles' A operand is read once per column tile)."""
+    pid = tl.program_id(0)
+    width = GROUP_M * n_n
+    first_m = (pid // width) * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    return first_m + (pid % width) % size_m, (pid % width) // size_m
+
+
+@triton.jit
 def _gemm_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, K, stride_x, stride_w,
                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, UPCAST: tl.constexpr):
     """acc (BM, BN) fp32 = x[rows, :K] @ w[cols, :K]^T (bf16 operands)."""
@@ -236,10 +252,9 @@ def _gemm_tile(x_ptr, w_ptr, rows, rmask, cols, cmask, K, stride_x, stride_w,
 def _linear_act_kernel(x_ptr, w_ptr, b_ptr, res_ptr, y_ptr, n_rows, N, K,
                        stride_x, stride_w, stride_res, stride_y, a1, slope,
                        FBADD: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                       BK: tl.constexpr, UPCAST: tl.constexpr):
+                       BK: tl.constexpr, UPCAST: tl.constexpr, GROUP_M: tl.constexpr):
     """y = LReLU(x W^T + b), or with FBADD y = res + a1 LReLU(x W^T + b) (res may be y)."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+    pid_m, pid_n = _tile_ids(tl.cdiv(n_rows, BM), tl.cdiv(N, BN), GROUP_M)
     rows = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
     rmask = rows < n_rows
     cols = pid_n * BN + tl.arange(0, BN)
@@ -305,23 +320,26 @@ _INTERPRETED = type(_linear_act_kernel).__name__ == "InterpretedFunction"
 
 # ----------------------------------------------------------------------------------- host code
 class _Tiles:
-    __slots__ = ("bm", "bn_hidden", "bk_hidden", "bn", "bk", "bn_norm", "warps", "stages")
+    __slots__ = ("bm", "bn_hidden", "bk_hidden", "bn", "bk", "bn_norm", "warps", "stages",
+                 "group_m")
 
-    def __init__(self, bm, bn_hidden, bk_hidden, bn, bk, bn_norm, warps, stages):
+    def __init__(self, bm, bn_hidden, bk_hidden, bn, bk, bn_norm, warps, stages, group_m):
         self.bm, self.bn_hidden, self.bk_hidden = bm, bn_hidden, bk_hidden
         self.bn, self.bk, self.bn_norm = bn, bk, bn_norm
-        self.warps, self.stages = warps, stages
+        self.warps, self.stages, self.group_m = warps, stages, group_m
 
 
 def _tiles(H: int, D: int, Z: int, interpreted: bool) -> _Tiles:
-    """Tile sizes. Interpreter: 16 everywhere, so that tiny test shapes cross tile boundaries
-    in every dimension. GPU (sm_80/sm_90 first guesses, untuned): 128-row tiles, 128-wide N
-    tiles, K tiles of 64 (32 for the Philox-fed GEMM, whose A tile is computed), 8 warps."""
+    """Tile sizes. Interpreter: 16 everywhere (row groups of 2), so that tiny test shapes cross
+    tile boundaries in every dimension. GPU (sm_80/sm_90 first guesses, untuned): 128-row
+    tiles, 128-wide N tiles (256 for the Philox-fed GEMM: each H tile regenerates z, so wider
+    tiles halve that work), K tiles of 64 (32 for the Philox-fed GEMM, whose A tile is
+    computed), 8 warps, 3 stages, groups of 8 row tiles."""
     if interpreted:
-        return _Tiles(16, 16, 16, 16, 16, 16, 4, 1)
+        return _Tiles(16, 16, 16, 16, 16, 16, 4, 1, 2)
     bk_h = pow2_block(Z, 16, 32)
-    return _Tiles(128, pow2_block(H, 16, 128), bk_h, pow2_block(H, 16, 128), 64,
-                  pow2_block(D, 16, 128), 8, 3)
+    return _Tiles(128, pow2_block(H, 16, 256), bk_h, pow2_block(H, 16, 128), 64,
+                  pow2_block(D, 16, 128), 8, 3, 8)
 
 
 def chunk_rows(H: int, D: int, bm: int = 128) -> int:
@@ -429,10 +447,11 @@ def tfvaegan_synthesize_triton(
         for s in range(0, n, chunk):
             m = min(chunk, n - s)
             gm = triton.cdiv(m, tiles.bm)
-            _hidden_kernel[(gm, triton.cdiv(H, tiles.bn_hidden))](
+            _hidden_kernel[(gm * triton.cdiv(H, tiles.bn_hidden),)](
                 cls_all[s:], rid_all[s:], cidx_all[s:], cond, wz, h, m, H, Z, seed_lo, seed_hi,
                 cond.stride(0), wz.stride(0), h.stride(0), SLOPE,
-                BM=tiles.bm, BN=tiles.bn_hidden, BK=tiles.bk_hidden, UPCAST=up, **opts)
+                BM=tiles.bm, BN=tiles.bn_hidden, BK=tiles.bk_hidden, UPCAST=up,
+                GROUP_M=tiles.group_m, **opts)
             o = out[s:]
             first = x1 if feedback else o
             _linear_norm_kernel[(gm,)](
@@ -441,16 +460,16 @@ def tfvaegan_synthesize_triton(
                 BK=tiles.bk, UPCAST=up, **opts)
             if not feedback:
                 continue
-            gh = (gm, triton.cdiv(H, tiles.bn))
+            gh = (gm * triton.cdiv(H, tiles.bn),)
             for x, w, b, y in ((x1, wd, b_dec, d), (d, w1, b_fb1, t)):
                 _linear_act_kernel[gh](
                     x, w, b, y, y, m, H, x.shape[1], x.stride(0), w.stride(0), y.stride(0),
                     y.stride(0), 0.0, SLOPE, FBADD=False, BM=tiles.bm, BN=tiles.bn, BK=tiles.bk,
-                    UPCAST=up, **opts)
+                    UPCAST=up, GROUP_M=tiles.group_m, **opts)
             _linear_act_kernel[gh](  # hf = h + a1 LReLU(t W_fb2^T + b_fb2), in place over h
                 t, w2, b_fb2, h, h, m, H, H, t.stride(0), w2.stride(0), h.stride(0),
                 h.stride(0), float(a1), SLOPE, FBADD=True, BM=tiles.bm, BN=tiles.bn, BK=tiles.bk,
-                UPCAST=up, **opts)
+                UPCAST=up, GROUP_M=tiles.group_m, **opts)
             _linear_norm_kernel[(gm,)](
                 h, wo, b_out, scr, o, m, D, H, h.stride(0), wo.stride(0), scr.stride(0),
                 o.stride(0), EPS, ONE_TILE=one_tile, BM=tiles.bm, BN=tiles.bn_norm, BK=tiles.bk,
