@@ -13,6 +13,7 @@ from .triton import HAS_TRITON
 if HAS_TRITON:
     try:  # Triton kernels register their own table entries on import
         from .triton import cosine as _triton_cosine  # noqa: F401
+        from .triton import generator as _triton_generator  # noqa: F401
         from .triton import vmf as _triton_vmf  # noqa: F401
     except Exception:  # pragma: no cover - a broken triton install must not break import
         pass

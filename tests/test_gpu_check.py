@@ -129,6 +129,14 @@ def test_dry_run_writes_well_formed_json(tmp_path):
     assert by["tests_cuda"]["tests"]["passed"] == 0  # CUDA hidden in a dry run: all skip
     assert by["tests_cuda"]["tests"]["skipped"] > 0
     assert by["tests_triton"]["status"] == "collected"
+    # synth: tiny shapes under the Triton interpreter, against the float64 reference
+    syn = report["synthesis"]
+    assert by["synth"]["status"] == "passed" and syn["ok"] is True and syn["dry_run"] is True
+    assert set(syn["correctness"]) == {"triton/base", "triton/wide"}
+    for c in syn["correctness"].values():
+        assert c["ok"] and c["max_row_err_u"] <= c["allowed_u"]
+    for t in syn["throughput"].values():
+        assert t["rows_per_s"] > 0 and t["flops_per_row"] > 0 and "pct_of_bf16_peak" in t
     assert by["tests_triton"]["tests"]["collected"] > 0
 
     env_facts = report["environment"]

@@ -12,6 +12,10 @@ Phases, each in its own process group with its own time budget, none stopping th
                   when an nvcc is found)
     native        what _C was built with, which ops have CUDA kernels, a tiny sample per
                   backend on the GPU, and tests/test_registration.py
+    synth         tools/gpu_check_synth.py: the Triton (and native CUDA, when registered)
+                  tfvaegan_synthesize against the CPU float64 reference to bf16 rounding, and
+                  its throughput (rows/s, TFLOP/s, % of the 989 TFLOP/s bf16 peak) at
+                  H=1024, D=Z=A=512 and H=4096, D=Z=A=512, 2^22 rows; "synthesis" in the JSON
     tests_cuda    pytest -m cuda over the test files that name the mark (pytest-xdist, 4 workers,
                   when installed)
     tests_triton  pytest -m triton likewise: on the GPU, not the interpreter
@@ -29,7 +33,8 @@ capped, the full logs as a tarball: 4 files at most (the device tool returns 8).
     --dry-run (or DFZSL_GPU_CHECK_DRY=1): on a machine without a GPU, run every phase in its
     cheap form: no wheel is installed unless missing, the existing _C is reused (no build), the
     CUDA tests run (and skip), the Triton tests are only collected (the interpreter is slow), one
-    small CPU benchmark runs to exercise the benchmark table, tests_rest is skipped.
+    small CPU benchmark runs to exercise the benchmark table, synth runs its tiny shapes under
+    the Triton interpreter (correctness only means something there), tests_rest is skipped.
 """
 
 from __future__ import annotations
@@ -57,16 +62,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = os.path.join(ROOT, "tools")
 SCHEMA = "dfzsl_fast.gpu_check/1"
 MARK = "GPU_CHECK_JSON "
-PHASES = ("wheels", "env", "build", "native", "tests_cuda", "tests_triton", "bench", "tests_rest")
+PHASES = ("wheels", "env", "build", "native", "synth", "tests_cuda", "tests_triton", "bench",
+          "tests_rest")
 # Seconds per phase; their sum (without tests_rest, which gets what is left) stays under TOTAL_S.
 BUDGETS = {
     "wheels": 15,
     "env": 15,
-    "build": 150,
-    "native": 45,
-    "tests_cuda": 60,
-    "tests_triton": 80,
-    "bench": 100,
+    "build": 140,
+    "native": 40,
+    "synth": 60,
+    "tests_cuda": 50,
+    "tests_triton": 70,
+    "bench": 75,
     "tests_rest": 150,  # at most; it gets what the others left of TOTAL_S
 }
 TOTAL_S = 465  # the whole run, inside the 8 minutes of issue 9 (the JSON is written after)
@@ -365,6 +372,7 @@ class Check:
         self.env_facts: dict = {}
         self.native: dict | None = None
         self.bench_rows: list[dict] = []
+        self.synthesis: dict | None = None
         self.extra_path: list[str] = []
         self.build_ok = False
 
@@ -627,6 +635,26 @@ class Check:
             res["note"] = res.get("note", "") + f"; smoke failed: {', '.join(bad)}"
         return res
 
+    def do_synth(self, limit: float) -> dict:
+        log = self.log_path("synth")
+        env = self.env(DFZSL_SYNTH_DEADLINE=f"{time.time() + limit - 8:.1f}",
+                       DFZSL_SYNTH_DRY="1" if self.dry else "0")
+        if self.dry:
+            env["TRITON_INTERPRET"] = "1"
+        run = _run([sys.executable, os.path.join(TOOLS, "gpu_check_synth.py")], log, limit, env)
+        self.synthesis = _last_json(log)
+        res: dict = {"rc": run.get("rc"), "timed_out": run.get("timed_out", False)}
+        syn = self.synthesis or {}
+        ok = bool(syn.get("ok")) and run.get("rc") == 0
+        res["status"] = "passed" if ok else ("timeout" if run.get("timed_out") else "failed")
+        tp = syn.get("throughput") or {}
+        res["note"] = "; ".join(
+            f"{k}: {v['rows_per_s'] / 1e6:.2f} M rows/s, {v['pct_of_bf16_peak']:.1f}% of peak"
+            for k, v in tp.items() if isinstance(v, dict) and "rows_per_s" in v)[:600]
+        if not ok:
+            res["error_tail"] = _tail_lines(log)
+        return res
+
     def pytest_phase(self, name: str, args: list[str], limit: float, workers: int = 0,
                      extra_env: dict | None = None, collect_only: bool = False) -> dict:
         log = self.log_path(name)
@@ -735,7 +763,7 @@ class Check:
 
     # ------------------------------------------------------------------ report
     def write(self) -> dict:
-        essential = ("build", "native", "tests_cuda", "tests_triton", "bench")
+        essential = ("build", "native", "synth", "tests_cuda", "tests_triton", "bench")
         bad = [p["name"] for p in self.phases if p["status"] in ("failed", "timeout", "error")]
         # on a GPU every essential phase must have run (a dry run skips some by design)
         incomplete = [] if self.dry else [
@@ -776,6 +804,7 @@ class Check:
             "native": self.native,
             "phases": self.phases,
             "benchmarks": self.bench_rows,
+            "synthesis": self.synthesis,
             "files": {"log": "logs/gpu_check.log", "benchmarks_json": "logs/benchmarks.json"},
         }
         self.write_logs(report)
@@ -842,6 +871,19 @@ class Check:
             for r in rows:
                 print(f"{(r['name'] or '')[:60]:60s} {_fmt_s(r['mean_s']):>11s} "
                       f"{_fmt_s(r['stddev_s']):>11s} {r['ops'] or 0:10.2f}")
+        syn = report.get("synthesis") or {}
+        if syn:
+            print(f"\nsynthesis on {syn.get('device')} (ok: {syn.get('ok')})")
+            for k, c in (syn.get("correctness") or {}).items():
+                print(f"  correctness {k:16s} max row err {c.get('max_row_err_u')} u "
+                      f"(allowed {c.get('allowed_u')}) {c.get('error', '')[:200]}")
+            for k, t in (syn.get("throughput") or {}).items():
+                if "rows_per_s" in t:
+                    print(f"  throughput  {k:16s} {t['rows_per_s'] / 1e6:9.3f} M rows/s "
+                          f"{t['tflops']:8.1f} TFLOP/s {t['pct_of_bf16_peak']:6.1f}% of peak "
+                          f"({t['rows']} rows, {t['seconds_median']:.4f} s)")
+                else:
+                    print(f"  throughput  {k:16s} {t}"[:300])
         print(f"\nverdict: {'OK' if v['ok'] else 'NOT OK'}; failed phases: "
               f"{', '.join(v['failed_phases']) or 'none'}; not run: "
               f"{', '.join(v['incomplete_phases']) or 'none'}; budget hit: "

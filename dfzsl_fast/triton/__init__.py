@@ -1,9 +1,10 @@
 """Import-safe Triton shim: `HAS_TRITON` is False (and nothing breaks) when triton is missing.
 
 TRITON_INTERPRET=1 must be set before this package is imported for Triton kernels to run on CPU
-tensors (Triton reads it when kernels are decorated). The kernel modules (`vmf`, `cosine`)
-register themselves in the backend table when imported (dfzsl_fast/__init__.py imports them when
-triton is importable); without triton the whole backend is marked unavailable here.
+tensors (Triton reads it when kernels are decorated). The kernel modules (`vmf`, `cosine`,
+`generator`) register themselves in the backend table when imported (dfzsl_fast/_load.py
+imports them when triton is importable); without triton the whole backend is marked
+unavailable here.
 """
 
 from __future__ import annotations
