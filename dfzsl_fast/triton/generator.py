@@ -370,10 +370,13 @@ def _check(cond, cond_index, class_ids, row_ids, w_z, w_out, b_out, w_dec, b_dec
     for name, t in got.items():
         torch._check(tuple(t.shape) == want[name], lambda n=name, t=t: (
             f"tfvaegan_synthesize_triton: {n} must be {want[n]}, got {tuple(t.shape)}"))
+    gemm = ("w_z", "w_out", "w_dec", "w_fb1", "w_fb2")  # float32 or bfloat16: bf16 inside
     for name, t in {"w_z": w_z, **got}.items():
-        torch._check(t.dtype == torch.float32, lambda n=name, t=t: (
-            f"tfvaegan_synthesize_triton: {n} must be float32 (cast to bf16 inside), "
-            f"got {t.dtype}"))
+        ok = (t.dtype in (torch.float32, torch.bfloat16) and t.dtype == w_z.dtype) \
+            if name in gemm else t.dtype == torch.float32
+        torch._check(ok, lambda n=name, t=t: (
+            f"tfvaegan_synthesize_triton: {n} must be float32 (GEMM weights: float32 or "
+            f"bfloat16, cast to bf16 inside), got {t.dtype}"))
         torch._check(t.device == w_z.device, lambda n=name: (
             f"tfvaegan_synthesize_triton: {n} is not on {w_z.device}"))
     n = class_ids.shape[0]
@@ -517,7 +520,7 @@ def normals(seed: int, class_ids: torch.Tensor, row_ids: torch.Tensor, Z: int) -
     return z
 
 
-_DEVS, _NOTES = _devices((torch.float32,))
+_DEVS, _NOTES = _devices((torch.float32, torch.bfloat16))  # of the GEMM weights
 _backend.register(
     "tfvaegan_synthesize", "triton", torch.ops.dfzsl_fast.tfvaegan_synthesize_triton,
     devices=_DEVS, notes=_NOTES,
