@@ -81,18 +81,26 @@ def test_manifest_records_the_arguments_and_nothing_else(tmp_path):
     assert m["generator"] == gen.describe() and m["generator_fingerprint"] == gen.fingerprint()
     assert m["classes"] == CLASSES and m["num_per_class"] == NPC and m["seed"] == 11
     assert m["dtype"] == "float16" and m["shard_rows"] == 300 and m["feature_dim"] == D
+    assert m["batch_rows"] == 128
     from dfzsl_fast.hashing import fingerprint
 
     assert m["class_embeddings"] == fingerprint(emb)
     assert set(m) == {"format", "complete", "generator", "generator_fingerprint",
                       "class_embeddings", "classes", "num_per_class", "seed", "dtype",
-                      "shard_rows", "total_rows", "feature_dim", "num_shards", "shards"}
+                      "shard_rows", "batch_rows", "total_rows", "feature_dim", "num_shards",
+                      "shards"}
 
 
-def test_batch_rows_does_not_change_the_bytes(tmp_path):
+def test_batch_rows_is_recorded_and_vmf_shards_do_not_depend_on_it(tmp_path):
     a = folder_bytes(_write(tmp_path / "a", batch_rows=7))
-    b = folder_bytes(_write(tmp_path / "b", batch_rows=5000))
-    assert a == b and len(a) == 5
+    b = folder_bytes(_write(tmp_path / "b", batch_rows=299))
+    assert a.keys() == b.keys() and len(a) == 5
+    assert all(a[k] == b[k] for k in a if k != MANIFEST)
+    ma, mb = json.loads(a[MANIFEST]), json.loads(b[MANIFEST])
+    assert (ma.pop("batch_rows"), mb.pop("batch_rows")) == (7, 299) and ma == mb
+    # rows per call beyond a shard are the shard: the same folder
+    assert folder_bytes(_write(tmp_path / "c", batch_rows=300)) == \
+        folder_bytes(_write(tmp_path / "d", batch_rows=10**6))
 
 
 def test_rerun_on_a_complete_folder_is_a_no_op_and_repairs(tmp_path):
@@ -170,6 +178,7 @@ def test_a_repaired_shard_must_match_its_recorded_hash(tmp_path):
     (dict(classes=[7, 2, 5, 1]), "classes"),
     (dict(dtype=torch.float32), "dtype"),
     (dict(shard_rows=301), "shard_rows"),
+    (dict(batch_rows=129), "batch_rows"),
     (dict(gen=VMFGenerator(81.0, D)), "generator"),
     (dict(emb=_emb(seed=1)), "class_embeddings"),
 ])

@@ -14,11 +14,18 @@ The folder is a pure function of the arguments: no timings, host names, world si
 written anywhere, so 1, 2 or 3 processes, and an interrupted run resumed, give byte-identical
 folders (for one generator on one kind of device).
 
+``batch_rows`` is part of the arguments: the generator is called on rows [lo + k * batch_rows,
+...) of each shard, and a generator whose matrix products round differently for different batch
+sizes (TF-VAEGAN on the CPU: rows differ by ~1e-7) gives other bytes with another batch_rows.
+So the folder records it and a resume must use the same value (the vMF sampler is exactly batch
+invariant, but the rule is the same for every generator).
+
 Manifest (``manifest.json``): ``format``, ``complete`` (false until every shard is written and
 hashed), ``generator`` (its ``describe()``), ``generator_fingerprint``, ``class_embeddings``
 (fingerprint of the whole (C, A) tensor), ``classes``, ``num_per_class``, ``seed``, ``dtype``,
-``shard_rows``, ``total_rows``, ``feature_dim``, ``num_shards`` and ``shards``: one
-``{"file", "rows", "sha256"}`` per shard (sha256 null while unknown).
+``shard_rows``, ``batch_rows`` (at most shard_rows), ``total_rows``, ``feature_dim``,
+``num_shards`` and ``shards``: one ``{"file", "rows", "sha256"}`` per shard (sha256 null while
+unknown).
 
 Resume: rerun with the same arguments. Shards already written (atomically: a shard file is
 whole or absent) are verified against their recorded sha256 and kept; missing or corrupt ones
@@ -84,8 +91,8 @@ DEFAULT_BATCH_ROWS = 1 << 14
 MAX_SHARD_ROWS = 1 << 26
 _PARTIAL = ".partial"
 _SPEC_KEYS = ("generator", "generator_fingerprint", "class_embeddings", "classes",
-              "num_per_class", "seed", "dtype", "shard_rows", "total_rows", "feature_dim",
-              "num_shards")
+              "num_per_class", "seed", "dtype", "shard_rows", "batch_rows", "total_rows",
+              "feature_dim", "num_shards")
 _DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -165,7 +172,7 @@ def _check_args(out_dir, generator, class_embeddings, classes, num_per_class, se
         raise ValueError(f"shard_rows: expected an int in [1, {MAX_SHARD_ROWS}], got {shard_rows}")
     if dtype not in OUT_DTYPES:
         raise TypeError(f"dtype: expected one of {', '.join(map(str, OUT_DTYPES))}, got {dtype!r}")
-    batch_rows = check_int(batch_rows, "batch_rows", 1)
+    batch_rows = min(check_int(batch_rows, "batch_rows", 1), shard_rows)  # as effective
     if not isinstance(progress, bool):
         raise TypeError(f"progress: expected True or False, got {type(progress).__name__}")
     rows = e.detach()[cls.to(e.device)]
@@ -176,7 +183,8 @@ def _check_args(out_dir, generator, class_embeddings, classes, num_per_class, se
     return out, cls, seed, batch_rows
 
 
-def _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows) -> dict[str, Any]:
+def _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows,
+          batch_rows) -> dict[str, Any]:
     total = cls.numel() * num_per_class
     return {
         "format": SHARDS_FORMAT,
@@ -189,6 +197,7 @@ def _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows) -> dict[str
         "seed": seed,
         "dtype": _DTYPE_NAMES[dtype],
         "shard_rows": shard_rows,
+        "batch_rows": batch_rows,
         "total_rows": total,
         "feature_dim": int(generator.feature_dim),
         "num_shards": -(-total // shard_rows),
@@ -288,8 +297,8 @@ def synthesize_to(
         seed: int in [0, 2^63).
         shard_rows: rows per shard (default DEFAULT_SHARD_ROWS = 131072).
         dtype: stored feature dtype: float16 (default), bfloat16 or float32.
-        batch_rows: rows per generator call (default DEFAULT_BATCH_ROWS = 16384); does not change
-            the output.
+        batch_rows: rows per generator call within a shard (default DEFAULT_BATCH_ROWS = 16384).
+            Recorded: some generators round differently by batch size (module docstring).
         progress: show a progress bar (rows/s and ETA) on stderr (rank 0 only).
 
     Returns:
@@ -305,7 +314,7 @@ def synthesize_to(
                                              num_per_class, seed, shard_rows, dtype, batch_rows,
                                              progress)
     e = class_embeddings.detach()
-    spec = _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows)
+    spec = _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows, batch_rows)
     rank, world, dist = _dist_info()
     old = _inspect(out, spec)  # every rank checks before any rank writes
     _barrier(dist)
