@@ -53,6 +53,28 @@ def _env():
     return env
 
 
+_HELP_WITHOUT_TORCH = """
+import sys, types
+pkg = types.ModuleType("dfzsl_fast"); pkg.__path__ = [{pkg!r}]
+sys.modules["dfzsl_fast"] = pkg
+from dfzsl_fast.cli import main
+try:
+    main(["synthesize", "--help"])
+except SystemExit as exc:
+    assert exc.code in (0, None), exc.code
+print("TORCH" if "torch" in sys.modules else "NO TORCH")
+"""
+
+
+def test_help_needs_no_torch():
+    r = subprocess.run([sys.executable, "-c", _HELP_WITHOUT_TORCH.format(pkg=str(ROOT /
+                        "dfzsl_fast"))], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "--num-per-class" in r.stdout and "torchrun" in r.stdout
+    assert r.stdout.strip().splitlines()[-1] == "NO TORCH"
+
+
 def test_defaults_match_the_library():
     assert (_SHARD_ROWS, _BATCH_ROWS) == (DEFAULT_SHARD_ROWS, DEFAULT_BATCH_ROWS)
 

@@ -3,8 +3,6 @@
 - `generators`: `FeatureGenerator` (`generate(class_embeddings, class_ids, row_ids, *, seed)`),
   `TFVAEGANGenerator`, `VMFGenerator`.
 - `noise`: the counter-based noise of row r of class c (`synth_normals`, the reference).
-- `shards`: `synthesize_to`, resumable safetensors shards (torch.distributed aware).
-- `reader`: `FeatureShards`, an IterableDataset over a shard folder.
 """
 
 from __future__ import annotations
