@@ -316,6 +316,18 @@ def test_ranks_read_disjoint_shards_covering_everything(folder, shuffle):
     assert key(torch.cat(parts)) == key(x0)
 
 
+def test_drop_last_gives_every_rank_the_same_number_of_full_batches(folder):
+    lens = []
+    for r in range(3):
+        ds = FeatureShards(folder, batch_size=64, drop_last=True, rank=r, world_size=3)
+        batches = list(ds)
+        assert all(b[0].shape[0] == 64 for b in batches) and len(batches) == len(ds)
+        lens.append(len(ds))
+    # ranks hold 400 (shards 0, 3), 300 and 300 rows: 4 full batches each, not 6 / 4 / 4
+    assert lens == [4, 4, 4]
+    assert len(FeatureShards(folder, batch_size=64, rank=0, world_size=3)) == 7
+
+
 def test_reader_checks(folder, tmp_path):
     with pytest.raises(FileNotFoundError, match="no manifest.json"):
         FeatureShards(tmp_path, batch_size=4)

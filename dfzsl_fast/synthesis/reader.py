@@ -17,7 +17,9 @@ The row stream of an epoch (what one process, rank r of W, iterates):
    (seed, epoch, first shard of the window). So a row can move anywhere within a window of
    about ``shuffle_shards * shard_rows`` rows, and memory holds one or two windows per reader.
 3. The stream is cut into batches of ``batch_size`` (the last one partial unless
-   ``drop_last``); batches may straddle windows.
+   ``drop_last``); batches may straddle windows. With ``drop_last`` every rank yields the same
+   number of full batches (the least any rank can fill), so DistributedDataParallel's ranks
+   take equal steps; without it, ranks may differ by one shard's worth of batches.
 
 DataLoader workers: worker w of K yields the rank's batches w, w + K, w + 2K, ...; DataLoader
 takes them round-robin, so the batches come out in the same order as with no workers (workers
@@ -60,7 +62,7 @@ class FeatureShards(IterableDataset):
         shuffle: shuffle shard order and rows within windows of shards (seeded).
         seed: shuffle seed, int in [0, 2^63).
         dtype: dtype of the yielded features (float32 default; the stored dtype is converted).
-        drop_last: drop each rank's last partial batch.
+        drop_last: full batches only, and as many on every rank (the least any rank can fill).
         shuffle_shards: shards per shuffle window (default 4): the shuffle's reach and memory.
         verify: check every shard's sha256 against the manifest now (reads all the data).
         rank, world_size: this reader's share (default: the torch.distributed process group,
@@ -145,8 +147,9 @@ class FeatureShards(IterableDataset):
 
     def __len__(self) -> int:
         """Batches this rank yields this epoch (all its DataLoader workers together)."""
-        n = self.rows_for_rank()
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        if self.drop_last:  # the same count on every rank (DDP takes equal steps)
+            return min(self.rows_for_rank(r) for r in range(self.world_size)) // self.batch_size
+        return -(-self.rows_for_rank() // self.batch_size)
 
     # -------------------------------------------------------------------------------- reading
     def _read(self, s: int, a: int = 0, b: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
