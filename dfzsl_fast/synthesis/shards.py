@@ -307,8 +307,8 @@ def synthesize_to(
     Raises:
         TypeError / ValueError: a bad argument (named), a folder that is not ours, or a folder
             made with other arguments (the message names the differing fields).
-        RuntimeError: a rewritten shard does not match the hash its complete manifest recorded
-            (the generator is not deterministic here, e.g. another device).
+        RuntimeError: a rewritten shard does not match the sha256 recorded for it by an earlier
+            run (the generator does not reproduce its rows here, e.g. another device).
     """
     out, cls, seed, batch_rows = _check_args(out_dir, generator, class_embeddings, classes,
                                              num_per_class, seed, shard_rows, dtype, batch_rows,
@@ -357,8 +357,8 @@ def synthesize_to(
                 if want is not None and sha != want:
                     raise RuntimeError(
                         f"shard {s}: the regenerated shard's sha256 {sha[:12]}... differs from "
-                        f"the manifest's {want[:12]}...: the generator does not reproduce its "
-                        f"rows here (another device or library version?)")
+                        f"the one recorded for it, {want[:12]}...: the generator does not "
+                        f"reproduce its rows here (another device or library version?)")
                 atomic_write(path, data)
                 del data
                 made += hi - lo
