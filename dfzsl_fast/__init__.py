@@ -27,6 +27,8 @@ _PUBLIC = {
     "kappa_from_prototypes": ("theory", "kappa_from_prototypes"),
     "use_backend": ("_backend", "use_backend"),
     "show_config": ("_diagnostics", "show_config"),
+    "synthesize_to": ("synthesis.shards", "synthesize_to"),
+    "FeatureShards": ("synthesis.reader", "FeatureShards"),
 }
 
 __all__ = list(_PUBLIC)

@@ -12,6 +12,8 @@
     dfzsl-fast inject ...            ICIS: extend a saved classifier from class descriptors
                                                                                 (cli/inject.py)
     dfzsl-fast extract-features ...  CLIP image features of an image folder     (cli/extract.py)
+    dfzsl-fast synthesize ...        synthetic features as resumable safetensors shards;
+                                     torchrun splits them across ranks     (cli/synthesize.py)
 
 Each command module has ``add(sub)`` (its sub-parser) and ``run(args) -> int`` (check the
 options and inputs, call the library, print). ``run`` imports heavy modules inside it, checks
@@ -33,14 +35,14 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
-from . import configs, demo, evaluate, extract, info, inject, run, sample
+from . import configs, demo, evaluate, extract, info, inject, run, sample, synthesize
 from ._common import CommandFailed, UsageError
 
 __all__ = ["main", "build_parser", "COMMANDS", "UsageError", "CommandFailed", "CLIError", "PROG"]
 
 PROG = "dfzsl-fast"
 #: Command modules, in --help order: each has ``add(sub)`` and ``run(args)``.
-COMMANDS = [info, demo, run, configs, sample, evaluate, inject, extract]
+COMMANDS = [info, demo, run, configs, sample, evaluate, inject, extract, synthesize]
 #: Kept for callers of the former single-module CLI.
 CLIError = UsageError
 

@@ -3,6 +3,8 @@
 - `generators`: `FeatureGenerator` (`generate(class_embeddings, class_ids, row_ids, *, seed)`),
   `TFVAEGANGenerator`, `VMFGenerator`.
 - `noise`: the counter-based noise of row r of class c (`synth_normals`, the reference).
+- `shards`: `synthesize_to`, resumable sharded safetensors files (+ manifest), split over
+  torch.distributed ranks; `reader`: `FeatureShards`, a streaming IterableDataset of them.
 - `rows`: random access to training rows by index, in memory, in shards or regenerated on
   read (`Rows`), what the final classifier reads.
 """
@@ -11,7 +13,9 @@ from __future__ import annotations
 
 from .generators import FeatureGenerator, TFVAEGANGenerator, VMFGenerator, generate_all
 from .noise import synth_normals
+from .reader import FeatureShards
 from .rows import ConcatRows, GeneratedRows, MappedRows, Rows, ShardRows, TensorRows
+from .shards import synthesize_to
 
 __all__ = [
     "FeatureGenerator",
@@ -19,6 +23,8 @@ __all__ = [
     "VMFGenerator",
     "generate_all",
     "synth_normals",
+    "synthesize_to",
+    "FeatureShards",
     "Rows",
     "TensorRows",
     "GeneratedRows",
