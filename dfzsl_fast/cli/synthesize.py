@@ -4,7 +4,6 @@ shards (`dfzsl_fast.synthesis.synthesize_to`); under torchrun the shards are spl
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
@@ -121,24 +120,6 @@ def _embeddings(path: str):
     return e, ff.class_names
 
 
-def _init_distributed(device):
-    """Initialise torch.distributed when launched by torchrun with WORLD_SIZE > 1 (gloo on CPU,
-    nccl on CUDA; cuda means cuda:LOCAL_RANK). Returns (device, initialised here)."""
-    import torch
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        return device, False
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
-    else:
-        dist.init_process_group("gloo")
-    return device, True
-
-
 def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     if args.kind == "vmf":
@@ -158,9 +139,10 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from ..distributed import init_from_env
     from ..synthesis import TFVAEGANGenerator, VMFGenerator, synthesize_to
 
-    device, started = _init_distributed(device)
+    device, started = init_from_env(device)
     try:
         if args.kind == "vmf":
             gen = VMFGenerator(args.kappa, emb.shape[1], device=device)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .._checks import check_class_indices, check_int
 from ..config import ClassifierConfig, check_count
+from ..distributed import all_reduce_sum, rank_world
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
 from ..ops.cosine import cosine_cross_entropy
@@ -115,21 +116,6 @@ def _adjustment(counts: torch.Tensor, seen: torch.Tensor, unseen: torch.Tensor, 
     p0 = torch.full((C,), p0_seen, dtype=torch.float64)
     p0[unseen] = 1.0 - p0_seen
     return p.log() + p0.log()
-
-
-def _data_parallel() -> tuple[int, int]:
-    """(world size, rank) of an initialised torch.distributed group, else (1, 0)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size(), dist.get_rank()
-    return 1, 0
-
-
-def _all_reduce_sum(t: torch.Tensor) -> None:
-    import torch.distributed as dist
-
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
 
 
 def train_final_classifier(
@@ -278,7 +264,7 @@ def train_final_classifier(
     )
     opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas))
     gen = seeded_generator(seed)
-    world, rank = _data_parallel()
+    rank, world = rank_world()
     with Progress(epochs, "dfzsl stage 4: final classifier",
                   enabled=progress and rank == 0) as bar:
         for epoch in range(epochs):
@@ -316,11 +302,11 @@ def train_final_classifier(
                 else:
                     head.weight.grad = torch.zeros_like(head.weight)
                 if world > 1:
-                    _all_reduce_sum(head.weight.grad)
+                    all_reduce_sum(head.weight.grad)
                 opt.step()
                 nb += 1
             if world > 1:
-                _all_reduce_sum(total)
+                all_reduce_sum(total)
             mean_loss = float(total) / nb
             bar.update(loss=mean_loss)
             if callback is not None:

@@ -92,12 +92,9 @@ class FeatureShards(IterableDataset):
         if (rank is None) != (world_size is None):
             raise ValueError("rank, world_size: give both or neither")
         if rank is None:
-            import torch.distributed as dist
+            from ..distributed import rank_world
 
-            if dist.is_available() and dist.is_initialized():
-                rank, world_size = dist.get_rank(), dist.get_world_size()
-            else:
-                rank, world_size = 0, 1
+            rank, world_size = rank_world()
         world_size = check_int(world_size, "world_size", 1)
         rank = check_int(rank, "rank", 0)
         if rank >= world_size:

@@ -62,6 +62,7 @@ from typing import Any
 import torch
 
 from .._checks import check_class_indices, check_int, check_seed
+from ..distributed import barrier, rank_world
 from ..hashing import fingerprint, sha256_file
 from ..io.atomic import PathLike, atomic_write, save_json
 from .generators import OUT_DTYPES, FeatureGenerator
@@ -119,25 +120,6 @@ def read_manifest(out_dir: PathLike) -> dict[str, Any]:
         got = m.get("format") if isinstance(m, dict) else type(m).__name__
         raise ValueError(f"out_dir: {p} is not a {SHARDS_FORMAT} manifest (format {got!r})")
     return m
-
-
-# ----------------------------------------------------------------------------- distributed
-def _dist_info() -> tuple[int, int, Any]:
-    """(rank, world size, torch.distributed or None) of the current process group."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), dist
-    return 0, 1, None
-
-
-def _barrier(dist: Any) -> None:
-    if dist is None:
-        return
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
 
 
 # ------------------------------------------------------------------------------------ checks
@@ -315,9 +297,9 @@ def synthesize_to(
                                              progress)
     e = class_embeddings.detach()
     spec = _spec(generator, e, cls, num_per_class, seed, dtype, shard_rows, batch_rows)
-    rank, world, dist = _dist_info()
+    rank, world = rank_world()
     old = _inspect(out, spec)  # every rank checks before any rank writes
-    _barrier(dist)
+    barrier()
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         for p in list(out.iterdir()) + (list((out / _PARTIAL).iterdir())
@@ -332,7 +314,7 @@ def synthesize_to(
         (out / _PARTIAL).mkdir(exist_ok=True)
         if old is None or old.get("complete") is not False or old.get("shards") != shards:
             save_json(out / MANIFEST, {**spec, "shards": shards})
-    _barrier(dist)
+    barrier()
 
     total, n_shards = spec["total_rows"], spec["num_shards"]
     mine = list(range(rank, n_shards, world))
@@ -368,7 +350,7 @@ def synthesize_to(
             rate = made / dt if dt > 0 and made else 0.0
             eta = (my_rows - done) / rate if rate else 0.0
             bar.update(hi - lo, **{"rows/s": f"{rate:,.0f}", "eta": f"{eta:.0f}s"})
-    _barrier(dist)
+    barrier()
     if rank == 0:
         shards = []
         for s in range(n_shards):
@@ -377,5 +359,5 @@ def synthesize_to(
                            "rows": min(shard_rows, total - s * shard_rows), "sha256": sha})
         save_json(out / MANIFEST, {**spec, "complete": True, "shards": shards})
         shutil.rmtree(out / _PARTIAL, ignore_errors=True)
-    _barrier(dist)
+    barrier()
     return out
