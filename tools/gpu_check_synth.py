@@ -142,7 +142,9 @@ def main() -> dict:
         shapes = {"base": (1024, 512, 512, 512), "wide": (4096, 512, 512, 512)}
         n_corr, n_rows = {"base": 1024, "wide": 256}, ROWS
     fns = {"triton": torch.ops.dfzsl_fast.tfvaegan_synthesize_triton}
-    try:
+    try:  # the native CUDA kernel (the dry run's CPU device would find the CPU one: not ours)
+        if device.type != "cuda":
+            raise ValueError("the dry run checks the GPU kernels only")
         _, native = _backend.select("tfvaegan_synthesize", device, torch.float32, "native")
         fns["native"] = native
     except Exception as exc:  # no native CUDA kernel of the op (yet)
