@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["init_from_env", "rank_world", "barrier", "all_reduce_sum", "group"]
+__all__ = ["init_from_env", "rank_world", "barrier", "all_reduce_sum", "broadcast_object", "group"]
 
 
 def group() -> Any | None:
@@ -66,3 +66,13 @@ def all_reduce_sum(t: torch.Tensor) -> None:
     dist = group()
     if dist is not None:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank `src`'s `obj` (picklable) on every rank (itself without a group)."""
+    dist = group()
+    if dist is None:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -4,7 +4,6 @@ to float rounding (the all-reduced gradient sums the ranks' shares in another or
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,20 +16,14 @@ sys.path.insert(0, str(HERE))
 import _ddp_classifier  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.parametrize("nproc", [2, 3])
 def test_data_parallel_equals_one_process(tmp_path, nproc):
     out = tmp_path / "w.pt"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(HERE.parent), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-         "--master_port", str(_free_port()), str(HERE / "_ddp_classifier.py"),
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+         str(nproc), str(HERE / "_ddp_classifier.py"),
          str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )

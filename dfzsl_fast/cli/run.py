@@ -247,11 +247,21 @@ def run(args: argparse.Namespace) -> int:
     device = check_device(args.device)
     if args.overwrite and args.resume:
         raise UsageError("--overwrite and --resume: give one of them")
-    out = check_output_dir(args.out if args.out is not None else default_out_dir("run"), "--out",
-                           reuse=args.overwrite or args.resume,
-                           reuse_flag="--resume to continue it, or --overwrite")
 
     import torch
+
+    from ..distributed import broadcast_object, init_from_env, rank_world
+
+    # under torchrun: every rank runs stages 1-3 (deterministic, the same results) and trains
+    # its share of each classifier batch (data parallel); rank 0 alone writes the run folder
+    dev, started = init_from_env(torch.device(device) if device is not None else
+                                 torch.device("cpu"))
+    if started and device is not None:
+        device = str(dev)
+    rank, world = rank_world()
+    out_arg = args.out if args.out is not None else broadcast_object(default_out_dir("run"))
+    out = check_output_dir(out_arg, "--out", reuse=args.overwrite or args.resume,
+                           reuse_flag="--resume to continue it, or --overwrite")
 
     from ..evaluation import labels_in_class_space
     from ..io import load_features, load_names
@@ -265,19 +275,44 @@ def run(args: argparse.Namespace) -> int:
         ff = load_features(check_input_file(args.test_features, "--test-features"))
         y = labels_in_class_space(ff.labels, ff.class_names, names, what="--test-features")
         test = (ff.features.to(torch.float32), y)
-    pipe = DFZSL(cfg, cache_dir=out / "cache", device=device, progress=not args.no_progress)
+    pipe = DFZSL(cfg, cache_dir=out / "cache", device=device,
+                 progress=not args.no_progress and rank == 0)
     pipe.check_inputs(weight, names, seen, tower, text_features)
     if isinstance(getattr(cfg, "profile", None), str):
         args.profile = cfg.profile  # what the config says it is (a file's own profile)
-    print(f"dfzsl-fast run: config {args.config}, profile {args.profile}, results in {out}",
-          flush=True)
+    if rank == 0:
+        print(f"dfzsl-fast run: config {args.config}, profile {args.profile}, results in {out}",
+              flush=True)
     from .. import config as _config
 
-    if hasattr(_config, "preset_mismatch"):  # warnings only: skipped by an older library
+    if hasattr(_config, "preset_mismatch") and rank == 0:  # warnings only
         for warning in _config.preset_mismatch(cfg, names, len(seen)):
             print(f"warning: {warning}", flush=True)
 
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features,
+                            test, rank, world)
+    finally:
+        if started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features, test, rank,
+                 world) -> int:
+    from ..distributed import barrier
+
+    barrier()  # every rank checked the folder before rank 0 creates it
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier()
+    if rank != 0:  # the other ranks take part in the data-parallel steps, write nothing
+        pipe.progress = False
+        pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features)
+        return 0
+    if world > 1:
+        print(f"dfzsl-fast run: {world} processes (torch.distributed), rank 0 writes", flush=True)
     with log_to(out, args.log_level):
         return _fit_and_report(args, cfg, pipe, out, names, weight, seen, tower, text_features,
                                test)
