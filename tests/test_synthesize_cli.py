@@ -3,6 +3,7 @@ refusals and bad inputs (small sizes, CPU)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -131,8 +132,19 @@ def test_cli_with_a_tfvaegan_checkpoint(tmp_path, emb_file):
     ref = torch.cat([gen.generate(emb, cls[a : a + 25], rows[a : a + 25], seed=0)
                      for a in range(0, 60, 25)])
     assert xs.shape == (60, 12) and torch.equal(xs, ref) and torch.equal(ys, cls)
-    # other batch sizes round differently (float32 GEMMs), to about 1e-7 only
+    # the torch reference kernel's batch sizes round differently (float32 GEMMs), to about 1e-7
+    # only; the native kernel is bitwise batch-invariant (tests/test_generator.py)
     torch.testing.assert_close(xs, gen.generate(emb, cls, rows, seed=0), rtol=0, atol=1e-6)
+    # the bf16 mode: another generator identity, rows within bf16 rounding of float32's
+    rc = main(["synthesize", "--generator", str(ck), "--embeddings", str(path), "--classes",
+               "4,0", "--num-per-class", "30", "--shard-rows", "25", "--dtype", "float32",
+               "--compute-dtype", "bfloat16", "--out", str(tmp_path / "b"), "--no-progress"])
+    assert rc == 0
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["generator"]["compute_dtype"] == "bfloat16"
+    xb, _ = FeatureShards(tmp_path / "b", batch_size=7).load_all()
+    err = float((xb - xs).norm(dim=1).max())
+    assert 0 < err < 0.03  # the bf16 bound of tests/test_generator.py
     assert read_manifest(tmp_path / "o")["generator"]["kind"] == "tfvaegan"
 
 

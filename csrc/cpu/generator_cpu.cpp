@@ -1,7 +1,7 @@
 // CPU kernel of dfzsl_fast::tfvaegan_synthesize: the fused TF-VAEGAN synthesis forward. Contract
 // (shapes, math, noise) is that of dfzsl_fast/reference/generator.py; the noise is synth.h's.
 //
-// Per tile of kTile rows (a fixed count: the last tile is padded), with scratch owned by the
+// Per tile of kTile rows (a count fixed by the widths, `tile_rows`: the last tile is padded), with scratch owned by the
 // thread's chunk of tiles:
 //   z   = Philox normals of the tile's (class, row) pairs      (never an (N, Z) tensor)
 //   h   = LReLU(z W_z^T + cond[cond_index])                     GEMM, fused gather-add + LReLU
@@ -41,7 +41,14 @@ namespace cpu {
 
 namespace {
 
-constexpr int64_t kTile = 256;  // rows per GEMM call (by measurement: 128 loses ~8% to packing)
+// Rows per GEMM call, a function of the layer widths only (never of N, so a row's bits do not
+// depend on the batch): every call re-reads (and BLAS re-packs) the weights, a cost that a
+// taller tile amortises; once a weight matrix outgrows the caches (H = 4096: 64 MB) it comes
+// from DRAM, so wide generators get taller tiles. By measurement (benchmarks/RESULTS.md).
+int64_t tile_rows(int64_t H, int64_t D) {
+  const int64_t w = std::max(H, D);
+  return w <= 1024 ? 256 : w <= 2048 ? 512 : 1024;
+}
 constexpr float kSlope = 0.2f;  // LeakyReLU slope of every TF-VAEGAN network
 constexpr float kEps = 1e-12f;  // F.normalize's eps
 
@@ -89,6 +96,7 @@ void check_tensor(const at::Tensor& t, const char* name, at::ScalarType dt, at::
 }
 
 struct Args {
+  int64_t tile;
   const float* cond;
   const int64_t* cond_index;
   const int64_t* class_ids;
@@ -109,7 +117,7 @@ struct Args {
 template <typename T>
 void run_tiles(const Args& a, int64_t tb, int64_t te) {
   constexpr bool kF32 = std::is_same_v<T, float>;
-  const int64_t H = a.H, Z = a.Z, D = a.D;
+  const int64_t H = a.H, Z = a.Z, D = a.D, kTile = a.tile;
   // Scratch of this chunk, zeroed once: padded rows of the last tile stay finite.
   const auto opt = a.wzT.options();
   const auto fopt = opt.dtype(at::kFloat);
@@ -255,7 +263,8 @@ at::Tensor tfvaegan_synthesize_cpu(const at::Tensor& cond, const at::Tensor& con
   const auto condc = cond.contiguous();
   const auto bo = b_out.contiguous(), bd = b_dec.contiguous(), bf1 = b_fb1.contiguous(),
              bf2 = b_fb2.contiguous();
-  Args args{condc.data_ptr<float>(), pci, pcl, prw,
+  const int64_t kTile = tile_rows(H, D);
+  Args args{kTile, condc.data_ptr<float>(), pci, pcl, prw,
             // A (T, in) @ W^T (in, out): BLAS reads the transposed view without a copy
             w_z.contiguous().t(), w_out.contiguous().t(), w_dec.contiguous().t(),
             w_fb1.contiguous().t(), w_fb2.contiguous().t(),

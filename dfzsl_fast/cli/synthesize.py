@@ -70,6 +70,10 @@ def add(sub: Any) -> None:
                    help=f"rows per generator call (default {_BATCH_ROWS}; output unchanged)")
     p.add_argument("--dtype", default="float16", choices=_DTYPES,
                    help="stored feature dtype (default float16)")
+    p.add_argument("--compute-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="TF-VAEGAN GEMM operands: float32 (default) or bfloat16 (float32 "
+                   "accumulation; about 2x faster on CPUs with AVX512-BF16/AMX, the GPUs' "
+                   "precision; rows differ from float32 by bf16 rounding)")
     p.add_argument("--out", required=True, metavar="DIR", help="the shard folder")
     p.add_argument("--device", default="cpu",
                    help="cpu or cuda (under torchrun, cuda means cuda:LOCAL_RANK)")
@@ -149,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from ..pipeline.generator import load_generator
 
-            gen = TFVAEGANGenerator(load_generator(args.generator, device))
+            gen = TFVAEGANGenerator(load_generator(args.generator, device),
+                                    compute_dtype=getattr(torch, args.compute_dtype))
         import torch.distributed as dist
 
         rank = dist.get_rank() if dist.is_initialized() else 0
