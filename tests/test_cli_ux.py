@@ -18,7 +18,14 @@ from dfzsl_fast.cli._common import default_out_dir, far_below_zero_shot, legend,
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ["info", "demo", "run", "configs", "sample", "evaluate", "inject",
-            "extract-features"]
+            "extract-features", "synthesize"]
+
+
+def test_the_help_list_covers_every_command():
+    from dfzsl_fast.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    assert set(sub.choices) - {"extract"} == set(COMMANDS)  # "extract": an alias
 
 
 def _env() -> dict[str, str]:
