@@ -1,7 +1,7 @@
 """The fused TF-VAEGAN synthesis op and the synthesis contract (dfzsl_fast.synthesis).
 
 The float64 reference is the eager module itself: `TFVAEGAN.generate(z, a, a2)` in float64 with
-z from `synthesis.noise.synth_normals`. Tolerances: the float32 kernels make O(sqrt(K) * eps32)
+z from `reference.philox.synth_normals`. Tolerances: the float32 kernels make O(sqrt(K) * eps32)
 relative errors per GEMM output (K <= 64 here, five GEMMs in a chain, each followed by a
 1-Lipschitz LeakyReLU or a normalisation of a vector of norm O(1)); 2e-5 absolute on unit rows is
 above that bound (about 5 * 8 * 6e-8 * 8 = 2e-5 taken conservatively as the sum over the chain)
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from dfzsl_fast import _extension
 from dfzsl_fast.models.tfvaegan import TFVAEGAN
 from dfzsl_fast.ops.generator import SynthesisWeights, tfvaegan_synthesize
+from dfzsl_fast.reference.philox import philox4x32_10
 from dfzsl_fast.synthesis import TFVAEGANGenerator, VMFGenerator, synth_normals
-from dfzsl_fast.synthesis.noise import philox4x32_10
 
 BACKENDS = ["torch"] + (["native"] if _extension.native_available() else [])
 TOL32 = 2e-5

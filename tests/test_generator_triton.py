@@ -3,7 +3,7 @@ CPU, tiny shapes; the same tests run on a GPU in the prepared GPU check).
 
 Oracles: the float64 reference kernel (reference/generator.py) on a float64 copy of the float32
 weights, with a tolerance derived from bf16 rounding (below); a float64 emulation of the
-kernel's bf16 roundings, much tighter; and the Philox words of synthesis/noise.py, bit for bit.
+kernel's bf16 roundings, much tighter; and the Philox words of reference/philox.py, bit for bit.
 
 Tolerance against the float64 reference. The kernel rounds to bf16 (unit roundoff u = 2^-8)
 the GEMM operands: z, W_z, h, W_out, and with feedback x1, W_dec, d, W_fb1, t, W_fb2, hf and

@@ -22,7 +22,7 @@ import torch
 from .. import _backend, _load  # noqa: F401  (_load fills the backend table)
 from .._checks import check_seed
 from ..reference import generator as ref
-from ..synthesis.noise import MAX_INDEX
+from ..reference.philox import MAX_INDEX
 from . import _library  # noqa: F401  (defines the schema)
 
 __all__ = ["SynthesisWeights", "tfvaegan_synthesize", "OUT_DTYPES"]

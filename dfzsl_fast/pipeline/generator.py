@@ -584,7 +584,7 @@ def synthesize(
 
     Each row is G(z, a_c, F(Dec.hidden(G(z, a_c))), a2) (the reference `generate_syn_feature`),
     computed by the fused synthesis op through `synthesis.TFVAEGANGenerator`. Row r of class c
-    draws z from the counter-based stream (seed, c, r) (`synthesis.noise`), so the result does
+    draws z from the counter-based stream (seed, c, r) (`reference.philox`), so the result does
     not depend on `batch_size`, thread count or the order/splitting of `classes`:
     synthesize(m, e, [0, 1], n) is the concatenation of synthesize(m, e, [0], n) and
     synthesize(m, e, [1], n), bitwise on the native kernel. For more rows than fit in memory,

@@ -1,6 +1,6 @@
 """Reference kernel of `dfzsl_fast::tfvaegan_synthesize`: the TF-VAEGAN synthesis forward in
 eager PyTorch, in the weights' dtype (float64 capable), with the Philox noise of
-`synthesis.noise`.
+`reference.philox`.
 
 Per row i (class_ids[i], row_ids[i]), with z = synth_normals(seed, c, r, Z) and the hoisted
 condition cond[cond_index[i]] = W_a a_c + b_1 (G's first layer on the class embedding):
@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..synthesis.noise import synth_normals
+from .philox import synth_normals
 
 __all__ = ["tfvaegan_synthesize", "SLOPE", "EPS", "CHUNK"]
 

@@ -2,7 +2,8 @@
 
 - `generators`: `FeatureGenerator` (`generate(class_embeddings, class_ids, row_ids, *, seed)`),
   `TFVAEGANGenerator`, `VMFGenerator`.
-- `noise`: the counter-based noise of row r of class c (`synth_normals`, the reference).
+- `synth_normals` (from `reference/philox.py`): the counter-based noise of row r of class c,
+  the pure-PyTorch reference of what every synthesis kernel draws.
 - `shards`: `synthesize_to`, resumable sharded safetensors files (+ manifest), split over
   torch.distributed ranks; `reader`: `FeatureShards`, a streaming IterableDataset of them.
 - `rows`: random access to training rows by index, in memory, in shards or regenerated on
@@ -11,8 +12,8 @@
 
 from __future__ import annotations
 
+from ..reference.philox import synth_normals
 from .generators import FeatureGenerator, TFVAEGANGenerator, VMFGenerator, generate_all
-from .noise import synth_normals
 from .reader import FeatureShards
 from .rows import ConcatRows, GeneratedRows, MappedRows, Rows, ShardRows, TensorRows
 from .shards import synthesize_to

@@ -5,7 +5,7 @@ A feature generator maps (class embedding, class id, row id) to a feature row:
     generate(class_embeddings (C, A), class_ids (n,), row_ids (n,), *, seed) -> (n, D)
 
 Row r of class c is a pure function of (seed, c, r) and the generator's weights: its noise comes
-from the counter-based Philox stream of `synthesis.noise` (TF-VAEGAN, SHIP) or the vMF sampler's
+from the counter-based Philox stream of `reference.philox` (TF-VAEGAN, SHIP) or the vMF sampler's
 per-row streams (vMF). So the same rows come out whatever the batch size, thread count, number
 of processes or order of classes, and on another device to float rounding. `synthesize_to`
 (writing shards) and the pipeline call nothing else.
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .._checks import check_seed
 from ..hashing import fingerprint, sha256_text
-from .noise import MAX_INDEX
+from ..reference.philox import MAX_INDEX
 
 __all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "OUT_DTYPES", "generate_all"]
 

@@ -65,8 +65,8 @@ from .._checks import check_class_indices, check_int, check_seed
 from ..distributed import barrier, rank_world
 from ..hashing import fingerprint, sha256_file
 from ..io.atomic import PathLike, atomic_write, save_json
+from ..reference.philox import MAX_INDEX
 from .generators import OUT_DTYPES, FeatureGenerator
-from .noise import MAX_INDEX
 
 __all__ = [
     "SHARDS_FORMAT",

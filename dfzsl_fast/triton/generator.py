@@ -2,7 +2,7 @@
 
 Same contract as `dfzsl_fast::tfvaegan_synthesize` (schema in ops/_library.py, math in
 reference/generator.py): per row i, with z = the Philox normals of (seed, class_ids[i],
-row_ids[i]) (synthesis/noise.py) and cond = cond[cond_index[i]],
+row_ids[i]) (reference/philox.py) and cond = cond[cond_index[i]],
 
     h   = LReLU(W_z z + cond)
     x1  = normalize(W_out h + b_out)                   (the output when feedback=False)
@@ -18,7 +18,7 @@ scratch of one chunk stays near 1 GiB); per chunk six launches, each with a fuse
 
 1. `_hidden_kernel` (grid rows x H tiles): the A operand z is generated in registers, K tile by
    K tile, from Philox4x32-10 (key (seed_lo, seed_hi), counter (j, STAGE_SYNTH, row, class),
-   exactly the words of `synthesis.noise.philox4x32_10`, with tl.umulhi and uint32 multiplies)
+   exactly the words of `reference.philox.philox4x32_10`, with tl.umulhi and uint32 multiplies)
    and Box-Muller in float32 (BK/4 Philox blocks per row and K tile, interleaved to BK columns
    with tl.join); no (N, Z) tensor exists. Epilogue: + cond[cond_index] (gathered row), LReLU,
    store h in bf16.
@@ -71,7 +71,7 @@ import triton
 import triton.language as tl
 
 from .. import _backend
-from ..synthesis.noise import STAGE_SYNTH
+from ..reference.philox import STAGE_SYNTH
 from . import devices as _devices
 from ._utils import pow2_block
 
@@ -85,7 +85,7 @@ EPS = 1e-12
 SCRATCH_BYTES = 1 << 30
 MAX_CHUNK_ROWS = 1 << 16
 
-# Philox4x32-10 constants (synthesis/noise.py, csrc/include/dfzsl/philox.h).
+# Philox4x32-10 constants (reference/philox.py, csrc/include/dfzsl/philox.h).
 _PHILOX_M0 = tl.constexpr(0xD2511F53)
 _PHILOX_M1 = tl.constexpr(0xCD9E8D57)
 _PHILOX_W0 = tl.constexpr(0x9E3779B9)

@@ -1,7 +1,7 @@
 // The latent noise of synthesis (torch-free, shared by the CPU and CUDA kernels): row r of class c
 // of seed s draws z[4j .. 4j+3] from the Philox block with key (s_lo, s_hi) and counter
 // (j, kStageSynth, r, c), by Box-Muller on its word pairs (0, 1) and (2, 3). The reference is
-// dfzsl_fast/synthesis/noise.py (float64 log/sincos; these are float32 fastmath, equal to float
+// dfzsl_fast/reference/philox.py (float64 log/sincos; these are float32 fastmath, equal to float
 // rounding). A row depends on (seed, class, row) only: never on batch, thread or device.
 #pragma once
 
