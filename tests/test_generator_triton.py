@@ -44,7 +44,7 @@ pytest.importorskip("triton", reason="triton is not installed")
 from dfzsl_fast import _backend  # noqa: E402
 from dfzsl_fast.ops import generator as og  # noqa: E402
 from dfzsl_fast.reference import generator as ref  # noqa: E402
-from dfzsl_fast.synthesis import noise  # noqa: E402
+from dfzsl_fast.reference import philox as noise  # noqa: E402
 from dfzsl_fast.triton import HAS_TRITON, IMPORT_ERROR  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
