@@ -63,3 +63,29 @@ def mean_w_zscore(w: torch.Tensor, d: int, kappa: float) -> float:
     if se == 0.0:
         return 0.0 if mean == expected else math.inf
     return (mean - expected) / se
+
+
+def triton_test_setup(module: str):
+    """(device, the `dfzsl_fast.triton.<module>` module or None, pytestmark) for a test file of
+    Triton kernels: CUDA when present, else the CPU under the interpreter; the marks skip the
+    file when Triton is not importable, or when there is no GPU and the kernels were defined
+    without TRITON_INTERPRET=1 (the test file sets it before importing dfzsl_fast)."""
+    import importlib
+
+    import pytest
+
+    from .triton import HAS_TRITON, IMPORT_ERROR
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mod = importlib.import_module(f"dfzsl_fast.triton.{module}") if HAS_TRITON else None
+    interpreted = bool(getattr(mod, "_INTERPRETED", False))
+    marks = [
+        pytest.mark.triton,
+        pytest.mark.skipif(not HAS_TRITON, reason=f"triton not importable ({IMPORT_ERROR})"),
+        pytest.mark.skipif(
+            device.type == "cpu" and not interpreted,
+            reason="no GPU and the Triton kernels were defined without TRITON_INTERPRET=1 "
+            "(dfzsl_fast was imported before it was set)",
+        ),
+    ]
+    return device, mod, marks

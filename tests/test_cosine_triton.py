@@ -24,30 +24,14 @@ pytest.importorskip("triton", reason="triton is not installed")
 import torch.nn.functional as F  # noqa: E402
 
 import dfzsl_fast  # noqa: E402
-from dfzsl_fast import _backend  # noqa: E402
+from dfzsl_fast import (
+    _backend,  # noqa: E402
+    testing,  # noqa: E402
+)
 from dfzsl_fast.ops import cosine as ops  # noqa: E402
 from dfzsl_fast.reference import cosine as ref  # noqa: E402
-from dfzsl_fast.triton import HAS_TRITON, IMPORT_ERROR  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-if HAS_TRITON:
-    from dfzsl_fast.triton import cosine as tcos
-
-    _INTERPRETED = tcos._INTERPRETED
-else:  # pragma: no cover
-    tcos = None
-    _INTERPRETED = False
-
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not HAS_TRITON, reason=f"triton not importable ({IMPORT_ERROR})"),
-    pytest.mark.skipif(
-        DEVICE.type == "cpu" and not _INTERPRETED,
-        reason="no GPU and the Triton kernels were defined without TRITON_INTERPRET=1 "
-        "(dfzsl_fast was imported before it was set)",
-    ),
-]
+DEVICE, tcos, pytestmark = testing.triton_test_setup("cosine")
 
 TOL = dict(rtol=1e-4, atol=1e-4)
 SCALE = 5.0

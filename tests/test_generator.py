@@ -116,24 +116,30 @@ def test_out_dtypes_are_the_rounded_float32_rows(backend, dtype):
     assert torch.equal(x, x32.to(dtype))
 
 
+def _assert_batch_and_thread_invariant(gen, e, c, r, seed):
+    """Rows made in batches of 1, 7 and 4096 rows with 1 and 2 threads equal one call's,
+    bitwise (up to 60 batches each); returns the one call's rows."""
+    full = gen.generate(e, c, r, seed=seed)
+    threads = torch.get_num_threads()
+    try:
+        for nt in (1, 2):
+            torch.set_num_threads(nt)
+            for bs in (1, 7, 4096):
+                got = torch.cat([gen.generate(e, c[s : s + bs], r[s : s + bs], seed=seed)
+                                 for s in range(0, min(len(c), 60 * bs), bs)])
+                assert torch.equal(got, full[: got.shape[0]]), (nt, bs)
+    finally:
+        torch.set_num_threads(threads)
+    return full
+
+
 @pytest.mark.skipif("native" not in BACKENDS, reason="native extension not built")
 def test_native_rows_do_not_depend_on_batch_or_threads():
     m = _model(64, 32, 96)
     e = torch.randn(20, 32)
     c, r = _ids(600, 20)
     gen = TFVAEGANGenerator(m, backend="native")
-    full = gen.generate(e, c, r, seed=9)
-    threads = torch.get_num_threads()
-    try:
-        for nt in (1, 2):
-            torch.set_num_threads(nt)
-            for bs in (1, 7, 4096):
-                parts = [gen.generate(e, c[s : s + bs], r[s : s + bs], seed=9)
-                         for s in range(0, min(600, 60 * bs), bs)]
-                got = torch.cat(parts)
-                assert torch.equal(got, full[: got.shape[0]]), (nt, bs)
-    finally:
-        torch.set_num_threads(threads)
+    full = _assert_batch_and_thread_invariant(gen, e, c, r, seed=9)
     # and not on the order of the rows
     perm = torch.randperm(600, generator=torch.Generator().manual_seed(0))
     assert torch.equal(gen.generate(e, c[perm], r[perm], seed=9), full[perm])
@@ -241,17 +247,7 @@ def test_bf16_native_deterministic_and_close_to_reference():
     e = torch.randn(8, 32)
     c, r = _ids(300, 8)
     gen = TFVAEGANGenerator(m, backend="native", compute_dtype=torch.bfloat16)
-    full = gen.generate(e, c, r, seed=2)
-    threads = torch.get_num_threads()
-    try:
-        for nt in (1, 2):
-            torch.set_num_threads(nt)
-            for bs in (1, 7, 4096):
-                got = torch.cat([gen.generate(e, c[s : s + bs], r[s : s + bs], seed=2)
-                                 for s in range(0, min(300, 40 * bs), bs)])
-                assert torch.equal(got, full[: got.shape[0]]), (nt, bs)
-    finally:
-        torch.set_num_threads(threads)
+    full = _assert_batch_and_thread_invariant(gen, e, c, r, seed=2)
     ref = TFVAEGANGenerator(m, backend="torch", compute_dtype=torch.bfloat16).generate(
         e, c, r, seed=2)
     assert (full - ref).norm(dim=1).max() < TOL_BF16

@@ -41,30 +41,15 @@ import pytest  # noqa: E402
 
 pytest.importorskip("triton", reason="triton is not installed")
 
-from dfzsl_fast import _backend  # noqa: E402
+from dfzsl_fast import (
+    _backend,  # noqa: E402
+    testing,  # noqa: E402
+)
 from dfzsl_fast.ops import generator as og  # noqa: E402
 from dfzsl_fast.reference import generator as ref  # noqa: E402
 from dfzsl_fast.reference import philox as noise  # noqa: E402
-from dfzsl_fast.triton import HAS_TRITON, IMPORT_ERROR  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-if HAS_TRITON:
-    from dfzsl_fast.triton import generator as tg
-
-    _INTERPRETED = tg._INTERPRETED
-else:  # pragma: no cover
-    tg = None
-    _INTERPRETED = False
-
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not HAS_TRITON, reason=f"triton not importable ({IMPORT_ERROR})"),
-    pytest.mark.skipif(
-        DEVICE.type == "cpu" and not _INTERPRETED,
-        reason="no GPU and the Triton kernels were defined without TRITON_INTERPRET=1",
-    ),
-]
+DEVICE, tg, pytestmark = testing.triton_test_setup("generator")
 
 OP = torch.ops.dfzsl_fast.tfvaegan_synthesize_triton.default
 U_BF16 = 2.0**-8

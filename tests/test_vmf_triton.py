@@ -22,29 +22,10 @@ import pytest  # noqa: E402
 pytest.importorskip("triton", reason="triton is not installed")
 
 import dfzsl_fast  # noqa: E402
-from dfzsl_fast import theory  # noqa: E402
+from dfzsl_fast import testing, theory  # noqa: E402
 from dfzsl_fast.ops.vmf import vmf_backward  # noqa: E402
-from dfzsl_fast.triton import HAS_TRITON, IMPORT_ERROR  # noqa: E402
 
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-if HAS_TRITON:
-    from dfzsl_fast.triton import vmf as tvmf
-
-    _INTERPRETED = tvmf._INTERPRETED
-else:  # pragma: no cover
-    tvmf = None
-    _INTERPRETED = False
-
-pytestmark = [
-    pytest.mark.triton,
-    pytest.mark.skipif(not HAS_TRITON, reason=f"triton not importable ({IMPORT_ERROR})"),
-    pytest.mark.skipif(
-        DEVICE.type == "cpu" and not _INTERPRETED,
-        reason="no GPU and the Triton kernels were defined without TRITON_INTERPRET=1 "
-        "(dfzsl_fast was imported before it was set)",
-    ),
-]
+DEVICE, tvmf, pytestmark = testing.triton_test_setup("vmf")
 
 OP = torch.ops.dfzsl_fast.vmf_sample_triton.default
 Z_MAX = 5.0
