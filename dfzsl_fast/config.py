@@ -222,14 +222,48 @@ class GeneratorConfig:
         _positive(self, "decoder_lr", "critic_iters")
         _nonneg(self, "beta1", "lambda_gp", "gamma_d", "gamma_g", "recon_weight")
         _nonneg(self, "feedback_weight_train", "feedback_weight_syn")
-        if self.kind not in ("tfvaegan", "vmf"):
-            raise ValueError(f"GeneratorConfig.kind: 'tfvaegan' or 'vmf', got {self.kind!r}")
+        if self.kind not in ("tfvaegan", "vmf", "ship"):
+            raise ValueError("GeneratorConfig.kind: 'tfvaegan', 'vmf' or 'ship', got "
+                             f"{self.kind!r}")
         if self.synthesis not in ("memory", "disk", "stream"):
             raise ValueError("GeneratorConfig.synthesis: 'memory', 'disk' or 'stream', got "
                              f"{self.synthesis!r}")
         if self.shard_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError("GeneratorConfig.shard_dtype: 'float16', 'bfloat16' or 'float32', "
                              f"got {self.shard_dtype!r}")
+
+
+@dataclass
+class SHIPConfig:
+    """SHIP's VAE (method.md 4.2; `generator.kind="ship"`, `pipeline/ship.py`).
+
+    The defaults are the 10-dataset script's: latent 512, encoder hidden 2048, generator hidden
+    4096 with ReLU, 4 random context vectors, AdamW (lr 1e-3, weight decay 0.01) on batches of
+    256, 50 epochs, KL weight 1. ``ctx_init`` only says which template words the context
+    replaces (SHIP's prompt is "[ctx] {classname}."; with the default the dataset template's
+    "a photo of a" is replaced); the context itself starts random, as in SHIP.
+    """
+
+    latent: int = 512
+    enc_hidden: int = 2048
+    gen_hidden: int = 4096
+    activation: str = "relu"  # "leaky_relu" in the ImageNet script
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    batch_size: int = 256
+    epochs: int = 50
+    kl_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "latent", "enc_hidden", "gen_hidden", "n_ctx", "lr", "batch_size",
+                  "epochs")
+        _nonneg(self, "weight_decay", "kl_weight")
+        if self.activation not in ("relu", "leaky_relu"):
+            raise ValueError("SHIPConfig.activation: 'relu' or 'leaky_relu', got "
+                             f"{self.activation!r}")
 
 
 @dataclass
@@ -297,6 +331,7 @@ class DFZSLConfig:
         num_classes, num_seen, num_unseen: class counts (seen = base, unseen = new).
         seed: global seed.
         simulator, teacher, flpt, generator, classifier: per-stage settings.
+        ship: SHIP's VAE, used when ``generator.kind == "ship"``.
         profile: the schedule the stage settings follow: ``"published"`` (the reference's) or
             ``"fast"`` (a CPU-friendly one, `apply_profile`); a record, set by `apply_profile`.
     """
@@ -314,6 +349,7 @@ class DFZSLConfig:
     flpt: FLPTConfig = field(default_factory=FLPTConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    ship: SHIPConfig = field(default_factory=SHIPConfig)
     profile: str = "published"
 
     def __post_init__(self) -> None:

@@ -220,6 +220,11 @@ class DFZSL:
                     f"text_tower: output width {out_dim} does not match the teacher's feature "
                     f"width {D} (is this the classifier of the same CLIP model?)"
                 )
+        if self.config.generator.kind == "ship" and not getattr(text_tower, "tunable", False):
+            raise ValueError(
+                "generator.kind='ship' synthesizes through the text tower: give text_tower (an "
+                "open_clip tower with local weights, or MiniLM), not only text_features"
+            )
         return teacher, names, seen
 
     def _tune_prompts(self, tower, names, xv, yv_all, seen, T0, kappa):
@@ -433,7 +438,9 @@ class DFZSL:
         # the synthesis mode changes where rows live, not which rows: not part of the key
         k3 = stage_key("generator", k2,
                        dataclasses.replace(gcfg, synthesis="memory", shard_dtype="float16"),
-                       (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None)
+                       (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None,
+                       (cfg.ship, getattr(text_tower, "name", None), cfg.template)
+                       if gcfg.kind == "ship" else None)
         syn_seed = mix_seed(gcfg.seed, 1)
 
         def feature_generator():
@@ -445,6 +452,15 @@ class DFZSL:
                 # mapped text, the frame the virtual features live in (published: the text)
                 return VMFGenerator(float(kappa.max()), init.shape[1], wood_b=sim.wood_b,
                                     backend=self.backend, device=device), init
+            if gcfg.kind == "ship":
+                from ..synthesis import SHIPGenerator
+                from .ship import ship_prompts, train_ship
+
+                # trained on the virtual base features (data-free), through the text tower
+                ship = train_ship(xs, yv_all, names, text_tower, cfg.template, cfg.ship,
+                                  progress=self.progress)
+                prompts = ship_prompts(text_tower, cfg.template, names, cfg.ship)
+                return SHIPGenerator(ship, prompts), T1
             from ..synthesis import TFVAEGANGenerator
             from .generator import train_generator
 

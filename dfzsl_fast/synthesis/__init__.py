@@ -13,7 +13,13 @@
 from __future__ import annotations
 
 from ..reference.philox import synth_normals
-from .generators import FeatureGenerator, TFVAEGANGenerator, VMFGenerator, generate_all
+from .generators import (
+    FeatureGenerator,
+    SHIPGenerator,
+    TFVAEGANGenerator,
+    VMFGenerator,
+    generate_all,
+)
 from .reader import FeatureShards
 from .rows import ConcatRows, GeneratedRows, MappedRows, Rows, ShardRows, TensorRows
 from .shards import synthesize_to
@@ -22,6 +28,7 @@ __all__ = [
     "FeatureGenerator",
     "TFVAEGANGenerator",
     "VMFGenerator",
+    "SHIPGenerator",
     "generate_all",
     "synth_normals",
     "synthesize_to",

@@ -29,7 +29,8 @@ from .._checks import check_seed
 from ..hashing import fingerprint, sha256_text
 from ..reference.philox import MAX_INDEX
 
-__all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "OUT_DTYPES", "generate_all"]
+__all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "SHIPGenerator", "OUT_DTYPES",
+           "generate_all"]
 
 #: Output dtypes every generator supports (the stored formats of feature shards).
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -241,6 +242,60 @@ class VMFGenerator(FeatureGenerator):
                               offset=c * MAX_INDEX + int(rows[s]), wood_b=self.wood_b,
                               backend=self.backend)
             out[s:t] = x.to(out_dtype)
+        return out
+
+
+class SHIPGenerator(FeatureGenerator):
+    """A trained SHIP VAE (`pipeline.ship.train_ship`) as a feature generator.
+
+    Row r of class c: z from the counter-based stream (seed, c, r) (`reference.philox`), then
+    normalize(tower(ctx + G(z), class name c)), the tower running in batches of its rows only.
+    Classes are the prompts' classes: `class_embeddings` only fixes C (its rows are not read;
+    SHIP conditions on the class *name*, through the tower), so pass the (C, D) text features.
+
+    Args:
+        model: a `SHIPVAE`.
+        prompts: the `PreparedPrompts` of all C class names (`pipeline.ship.ship_prompts`).
+        batch_rows: rows per tower pass (bounds memory; rows do not depend on it beyond float
+            rounding of the tower's batched matmuls).
+    """
+
+    kind = "ship"
+
+    def __init__(self, model, prompts, *, batch_rows: int = 512) -> None:
+        from ..models.ship import SHIPVAE
+
+        if not isinstance(model, SHIPVAE):
+            raise TypeError(f"model: expected a SHIPVAE, got {type(model).__name__}")
+        if prompts.n_ctx != model.n_ctx or prompts.width != model.token_width:
+            raise ValueError(f"prompts: {prompts.n_ctx} context slots of width {prompts.width} "
+                             f"do not match the model's {model.n_ctx} x {model.token_width}")
+        self.model, self.prompts = model, prompts
+        self.batch_rows = int(batch_rows)
+        self.embed_dim = self.feature_dim = prompts.output_dim
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.ctx.device
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.model.shape_dict(),
+                "tower": getattr(self.prompts.tower, "name", "?"),
+                "prompts": sha256_text(*self.prompts.texts)[:16],
+                "weights": fingerprint(*[p.detach() for p in self.model.parameters()])}
+
+    def _generate(self, e, cls, rows, seed, out_dtype):
+        from ..reference.philox import synth_normals
+
+        if int(cls.max()) >= len(self.prompts):
+            raise ValueError(f"class_ids: the prompts hold {len(self.prompts)} classes, got "
+                             f"class {int(cls.max())}")
+        out = torch.empty(cls.numel(), self.feature_dim, dtype=out_dtype, device=self.device)
+        with torch.no_grad():
+            for s in range(0, cls.numel(), self.batch_rows):
+                c, r = cls[s : s + self.batch_rows], rows[s : s + self.batch_rows]
+                z = synth_normals(seed, c, r, self.model.latent_dim).to(self.device)
+                out[s : s + c.numel()] = self.model.decode(z, self.prompts, c).to(out_dtype)
         return out
 
 

@@ -179,8 +179,10 @@ class PreparedPrompts:
 
     Call:
         ``prepared(ctx, index=None)``: ctx (n_ctx, width) float tensor on the tower's device
-        (requires_grad as you like); index None (all C prompts) or (B,) int64 prompt indices.
-        Returns (C or B, output_dim) float32 features. Differentiable w.r.t. ctx: yes.
+        (requires_grad as you like), shared by every prompt, or (B, n_ctx, width): one context
+        per row of ``index`` (SHIP's per-sample context ctx + beta); index None (all C prompts)
+        or (B,) int64 prompt indices (repeats allowed). Returns (C or B, output_dim) float32
+        features. Differentiable w.r.t. ctx: yes.
     """
 
     def __init__(self, tower: TextTower, texts: list[str], n_ctx: int) -> None:
@@ -202,11 +204,13 @@ class PreparedPrompts:
     def __call__(self, ctx: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
         if not isinstance(ctx, torch.Tensor) or not ctx.is_floating_point():
             raise TypeError("`ctx` must be a floating-point tensor")
-        if ctx.shape != (self.n_ctx, self.width):
+        if ctx.shape[-2:] != (self.n_ctx, self.width) or ctx.dim() not in (2, 3):
             raise ValueError(
-                f"`ctx` must have shape ({self.n_ctx}, {self.width}) (n_ctx, width), "
-                f"got {tuple(ctx.shape)}"
+                f"`ctx` must have shape ({self.n_ctx}, {self.width}) (n_ctx, width) or "
+                f"(B, {self.n_ctx}, {self.width}), got {tuple(ctx.shape)}"
             )
+        if ctx.dim() == 3 and index is None:
+            raise ValueError("a per-row `ctx` (B, n_ctx, width) needs `index` (B,)")
         if index is None:
             idx = torch.arange(len(self))
         else:
@@ -216,10 +220,20 @@ class PreparedPrompts:
             idx = idx.to(torch.int64)
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= len(self)):
                 raise ValueError(f"`index` must lie in [0, {len(self)})")
+            if ctx.dim() == 3 and ctx.shape[0] != idx.numel():
+                raise ValueError(f"per-row `ctx` has {ctx.shape[0]} rows for {idx.numel()} "
+                                 "indices")
         return self._forward(ctx, idx)
 
     def _forward(self, ctx: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+
+def _ctx_rows(ctx: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """(B, n_ctx, width) context rows for B prompts: a shared (n_ctx, width) context expanded,
+    or a per-row (B, n_ctx, width) one as is; in the token embeddings' device and dtype."""
+    c = ctx.to(device=emb.device, dtype=emb.dtype)
+    return c.unsqueeze(0).expand(emb.shape[0], -1, -1) if c.dim() == 2 else c
 
 
 class TextTower(nn.Module):
@@ -372,10 +386,7 @@ class _OpenCLIPPrompts(PreparedPrompts):
         p = t._n_prefix
         with torch.no_grad():  # frozen lookup; only ctx needs a graph
             emb = t._text.token_embedding(ids).to(t._cast_dtype)
-        ctx_rows = ctx.to(device=emb.device, dtype=emb.dtype).unsqueeze(0)
-        x = torch.cat(
-            [emb[:, :p], ctx_rows.expand(emb.shape[0], -1, -1), emb[:, p + self.n_ctx :]], dim=1
-        )
+        x = torch.cat([emb[:, :p], _ctx_rows(ctx, emb), emb[:, p + self.n_ctx :]], dim=1)
         return t._run(x, ids, end)
 
 
@@ -652,10 +663,7 @@ class _MiniLMPrompts(PreparedPrompts):
         p = t._n_prefix
         with torch.no_grad():  # frozen lookup; only ctx needs a graph
             emb = t._word_embeddings(ids)
-        ctx_rows = ctx.to(device=emb.device, dtype=emb.dtype).unsqueeze(0)
-        x = torch.cat(
-            [emb[:, :p], ctx_rows.expand(emb.shape[0], -1, -1), emb[:, p + self.n_ctx :]], dim=1
-        )
+        x = torch.cat([emb[:, :p], _ctx_rows(ctx, emb), emb[:, p + self.n_ctx :]], dim=1)
         return t._run(x, mask)
 
 

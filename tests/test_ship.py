@@ -1,0 +1,138 @@
+"""SHIP (method.md 4.2): the VAE that synthesizes through the text tower, as a feature
+generator and as DFZSL's `generator.kind="ship"`, on a tiny random-weight open_clip tower."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dfzsl_fast.config import SHIPConfig
+from dfzsl_fast.models.ship import SHIPVAE
+from dfzsl_fast.pipeline.ship import ship_prompts, train_ship
+from dfzsl_fast.synthesis import SHIPGenerator, generate_all
+
+D = 16
+NAMES = ["zebra", "horse", "tiger", "lion", "whale", "dolphin"]
+TEMPLATE = "a photo of a {}."
+
+
+@pytest.fixture(scope="module")
+def tower():
+    open_clip = pytest.importorskip("open_clip")
+    from dfzsl_fast.text.towers import OpenCLIPTextTower
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-B-32", pretrained=None, embed_dim=D,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                    "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                  "layers": 1},
+    ).eval()
+    return OpenCLIPTextTower(model)
+
+
+def _cfg(**kw):
+    base = dict(latent=8, enc_hidden=32, gen_hidden=32, batch_size=32, epochs=3, lr=1e-2)
+    return SHIPConfig(**{**base, **kw})
+
+
+def _data(tower, n=40):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        text = tower.encode([TEMPLATE.format(c) for c in NAMES])
+    y = torch.arange(4).repeat_interleave(n)  # classes 0..3 are "base"
+    x = F.normalize(text[y] + 0.3 * torch.randn(y.numel(), D, generator=g), dim=1)
+    return x, y, text
+
+
+def test_per_row_context_equals_shared_context(tower):
+    prompts = ship_prompts(tower, TEMPLATE, NAMES, _cfg())
+    ctx = 0.02 * torch.randn(4, tower.width)
+    idx = torch.tensor([0, 3, 3, 5])
+    shared = prompts(ctx, idx)
+    per_row = prompts(ctx.expand(4, -1, -1).clone(), idx)
+    torch.testing.assert_close(per_row, shared, rtol=1e-5, atol=1e-6)
+    # a different context on one row changes that row only
+    other = ctx.expand(4, -1, -1).clone()
+    other[2] += torch.randn(4, tower.width)  # (a constant shift would vanish in LayerNorm)
+    moved = prompts(other, idx)
+    torch.testing.assert_close(moved[[0, 1, 3]], shared[[0, 1, 3]], rtol=1e-5, atol=1e-6)
+    assert (moved[2] - shared[2]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="per-row"):
+        prompts(other)
+    with pytest.raises(ValueError, match="rows"):
+        prompts(other[:3], idx)
+
+
+def test_training_lowers_the_loss_and_generates_rows_of_the_class(tower):
+    x, y, text = _data(tower)
+    cfg = _cfg()
+    prompts = ship_prompts(tower, TEMPLATE, NAMES, cfg)
+    untrained = SHIPVAE(D, tower.width, latent_dim=8, enc_hidden=32, gen_hidden=32, seed=0)
+
+    def rec_error(model):
+        with torch.no_grad():
+            mu, _ = model.encode(x)
+            return float((model.decode(mu, prompts, y) - x).pow(2).sum(1).mean())
+
+    model = train_ship(x, y, NAMES, tower, TEMPLATE, cfg, progress=False)
+    assert rec_error(model) < 0.8 * rec_error(untrained)
+    gen = SHIPGenerator(model, prompts)
+    xs, ys = generate_all(gen, text, [4, 5], 10, seed=3)
+    assert xs.shape == (20, D) and ys.tolist() == [4] * 10 + [5] * 10
+    torch.testing.assert_close(xs.norm(dim=1), torch.ones(20))
+    # row (c, r) is a pure function of (seed, c, r) (to the tower's rounding)
+    one = gen.generate(text, torch.tensor([5]), torch.tensor([7]), seed=3)
+    torch.testing.assert_close(one[0], xs[17], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(gen.generate(text, torch.tensor([5]), torch.tensor([7]), seed=4),
+                              one)
+    # rows of a class are distinct draws, and a new class's rows sit nearer its own text
+    assert torch.cdist(xs[:10], xs[:10]).add(torch.eye(10)).min() > 1e-5
+    assert gen.describe()["kind"] == "ship"
+
+
+def test_bad_inputs(tower):
+    x, y, _ = _data(tower)
+    from dfzsl_fast.text.towers import FixedTextFeatures
+
+    fixed = FixedTextFeatures(torch.randn(6, D), NAMES)
+    with pytest.raises(TypeError, match="text encoder"):
+        train_ship(x, y, NAMES, fixed, TEMPLATE, _cfg(), progress=False)
+    with pytest.raises(ValueError, match="width"):
+        train_ship(x[:, :8], y, NAMES, tower, TEMPLATE, _cfg(), progress=False)
+    with pytest.raises(ValueError, match="class indices"):
+        train_ship(x, y + 10, NAMES, tower, TEMPLATE, _cfg(), progress=False)
+    with pytest.raises(ValueError, match="activation"):
+        SHIPConfig(activation="tanh")
+    model = SHIPVAE(D, tower.width, latent_dim=8, enc_hidden=32, gen_hidden=32, n_ctx=2)
+    with pytest.raises(ValueError, match="context slots"):
+        SHIPGenerator(model, ship_prompts(tower, TEMPLATE, NAMES, _cfg()))
+
+
+def test_dfzsl_with_the_ship_generator(tower):
+    from dfzsl_fast.config import DFZSLConfig
+    from dfzsl_fast.pipeline.dfzsl import DFZSL
+
+    names = NAMES + ["owl", "eagle", "cat"]
+    seen = [0, 2, 3, 5, 7, 8]
+    with torch.no_grad():
+        text = tower.encode([TEMPLATE.format(n) for n in names])
+    W = F.normalize(text[seen] + 0.1 * torch.randn(6, D, generator=torch.Generator()
+                                                    .manual_seed(0)), dim=1)
+    cfg = DFZSLConfig.from_dict({
+        "name": "tiny", "template": TEMPLATE,
+        "simulator": {"epochs": 15, "nsample": 10, "num": 24},
+        "flpt": {"epochs": 1, "validate": False, "batch_size": 64, "residual_hidden": 16},
+        "generator": {"kind": "ship", "syn_num": 12},
+        "ship": {"latent": 8, "enc_hidden": 32, "gen_hidden": 32, "epochs": 2,
+                 "batch_size": 32},
+        "classifier": {"epochs": 2, "batch_size": 64, "lr": 1e-3, "fallback": False},
+    })
+    res = DFZSL(cfg, progress=False).fit(W, names, seen, text_tower=tower)
+    xu, yu = res.features["synthesized"]
+    assert xu.shape == (3 * 12, D) and sorted(set(yu.tolist())) == [1, 4, 6]
+    assert torch.isfinite(res.classifier.weight).all()
+    with pytest.raises(ValueError, match="synthesizes through the text tower"):
+        DFZSL(cfg, progress=False).fit(W, names, seen, text_features=text)
