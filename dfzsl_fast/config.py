@@ -267,6 +267,32 @@ class SHIPConfig:
 
 
 @dataclass
+class CoOpConfig:
+    """CoOp, alone or with SHIP's synthetic new-class features (method.md 4.3; `pipeline/coop.py`).
+
+    SHIP's `run_coop`: 4 shared context vectors initialised from "a photo of a", logits 100 cos,
+    SGD (lr 2e-3, no momentum) with cosine annealing over ``epochs`` x steps; each step a batch of
+    ``batch_size`` base features plus (with a generator) ``batch_size`` synthetic features with
+    labels uniform over the new classes; cross-entropy over all base + new classes. SHIP uses
+    200 epochs over 16 shots per class; on virtual features (data-free, thousands of rows) far
+    fewer passes do (the defaults here, ours). ``synthetic_pool`` rows per new class are drawn
+    from the generator once (``None``: SHIP's fresh rows every step, costly through a tower).
+    """
+
+    n_ctx: int = 4
+    ctx_init: str | None = "a photo of a"
+    lr: float = 2e-3
+    epochs: int = 10
+    batch_size: int = 256
+    scale: float = 100.0
+    synthetic_pool: int | None = 400
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "n_ctx", "lr", "epochs", "batch_size", "scale", "synthetic_pool")
+
+
+@dataclass
 class ClassifierConfig:
     """Stage 4: cosine-prototype classifier with train-only logit adjustment (method.md 2.6).
 

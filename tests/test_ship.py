@@ -136,3 +136,44 @@ def test_dfzsl_with_the_ship_generator(tower):
     assert torch.isfinite(res.classifier.weight).all()
     with pytest.raises(ValueError, match="synthesizes through the text tower"):
         DFZSL(cfg, progress=False).fit(W, names, seen, text_features=text)
+
+
+def test_coop_and_coop_with_ship(tower):
+    from dfzsl_fast.config import CoOpConfig
+    from dfzsl_fast.evaluation import evaluate_head
+    from dfzsl_fast.pipeline.coop import train_coop
+
+    x, y, text = _data(tower)
+    seen, unseen = [0, 1, 2, 3], [4, 5]
+    cfg = CoOpConfig(epochs=4, batch_size=32, lr=2e-3, synthetic_pool=20)
+    from dfzsl_fast.ops.cosine import cosine_cross_entropy
+
+    def base_loss(head):
+        return float(cosine_cross_entropy(x, head.weight, y, 100.0))
+
+    zs = CoOpConfig(epochs=1, lr=1e-12)  # (almost) no step: the init prompts
+    start = base_loss(train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, zs, progress=False))
+    coop = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, progress=False)
+    assert coop.weight.shape == (6, D) and base_loss(coop) < start - 0.01
+    ship = train_ship(x, y, NAMES, tower, TEMPLATE, _cfg(), progress=False)
+    gen = SHIPGenerator(ship, ship_prompts(tower, TEMPLATE, NAMES, _cfg()))
+    with_ship = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, generator=gen,
+                           class_embeddings=text, progress=False)
+    assert not torch.allclose(with_ship.weight, coop.weight)
+    # the synthetic rows are labelled with the new classes: CoOp + SHIP predicts new classes
+    # for its own synthetic rows more often than CoOp does
+    xs, _ = generate_all(gen, text, unseen, 20, seed=0)
+    new = torch.tensor(unseen)
+    assert torch.isin(with_ship.predict(xs), new).float().mean() >= \
+        torch.isin(coop.predict(xs), new).float().mean()
+    s, _ = evaluate_head(with_ship, x, y, seen, unseen)
+    assert 0 <= s["gzsl"]["S"] <= 1
+    # one fresh draw per step (SHIP's recipe) runs too
+    fresh = CoOpConfig(epochs=1, batch_size=64, synthetic_pool=None)
+    train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, fresh, generator=gen,
+               class_embeddings=text, progress=False)
+    with pytest.raises(ValueError, match="base-class"):
+        train_coop(x, y + 2, NAMES, tower, TEMPLATE, seen, unseen, cfg, progress=False)
+    with pytest.raises(ValueError, match="class_embeddings"):
+        train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, generator=gen,
+                   progress=False)

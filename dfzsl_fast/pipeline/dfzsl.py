@@ -114,6 +114,9 @@ class DFZSLResult:
         estimate: whether the extension is expected to beat zero-shot (held-out base
             classes, `estimate.py`); None when `classifier.estimate` is off.
         fell_back: True when the estimate said no and `classifier` is the zero-shot one.
+        generator: the `synthesis.FeatureGenerator` that made the new classes' features and its
+            (C_all, A) class embeddings, as (generator, embeddings); None when stage 3 came from
+            the cache. CoOp + SHIP (`pipeline.coop`) draws more rows from it.
     """
 
     classifier: ExtendedClassifier
@@ -130,6 +133,7 @@ class DFZSLResult:
     features: dict[str, Any] = field(default_factory=dict)
     estimate: GainEstimate | None = None
     fell_back: bool = False
+    generator: tuple[Any, torch.Tensor] | None = None
 
 
 def _seen_index(seen_classes, C_all: int, C_s: int) -> torch.Tensor:
@@ -474,11 +478,13 @@ class DFZSL:
             return TFVAEGANGenerator(model, backend=self.backend), emb
 
         syn_rows = None
+        made: list[tuple[Any, torch.Tensor]] = []  # the generator, when stage 3 ran here
         if gcfg.synthesis == "memory":
             def synthetic_stage():
                 from ..synthesis import generate_all
 
                 gen, emb = feature_generator()
+                made.append((gen, emb))
                 xu, yu = generate_all(gen, emb, unseen, gcfg.syn_num, seed=syn_seed)
                 return {"x": xu.to(device), "y": yu.to(device)}, {}
 
@@ -491,6 +497,7 @@ class DFZSL:
             from ..synthesis import GeneratedRows, ShardRows
 
             gen, emb = feature_generator()
+            made.append((gen, emb))
             if gcfg.synthesis == "stream":
                 syn_rows = GeneratedRows(gen, emb, unseen, gcfg.syn_num, seed=syn_seed)
             else:
@@ -611,6 +618,7 @@ class DFZSL:
             history=history, scores=scores, estimate=estimate, fell_back=fell_back,
             features={"virtual": (xs, yv_all),
                       "synthesized": (xu, yu) if syn_rows is None else syn_rows},
+            generator=made[0] if made else None,
         )
 
 
