@@ -357,7 +357,8 @@ class DFZSLConfig:
         num_classes, num_seen, num_unseen: class counts (seen = base, unseen = new).
         seed: global seed.
         simulator, teacher, flpt, generator, classifier: per-stage settings.
-        ship: SHIP's VAE, used when ``generator.kind == "ship"``.
+        ship: SHIP's VAE, used when ``generator.kind == "ship"`` (and by CoOp + SHIP).
+        coop: CoOp / CoOp + SHIP (`pipeline/coop.py`; the demo's ``--coop``).
         profile: the schedule the stage settings follow: ``"published"`` (the reference's) or
             ``"fast"`` (a CPU-friendly one, `apply_profile`); a record, set by `apply_profile`.
     """
@@ -376,6 +377,7 @@ class DFZSLConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     ship: SHIPConfig = field(default_factory=SHIPConfig)
+    coop: CoOpConfig = field(default_factory=CoOpConfig)
     profile: str = "published"
 
     def __post_init__(self) -> None:

@@ -117,6 +117,7 @@ def run_demo(
     progress: bool = True,
     cache_dir: str | Path | None = None,
     world=None,
+    with_coop: bool = False,
 ) -> dict[str, Any]:
     """Run the demo and return {"dfzsl": scores, "icis": ..., "zero_shot": ..., ...}.
 
@@ -131,6 +132,9 @@ def run_demo(
         progress: progress bars.
         cache_dir: MiniLM embedding cache (default ~/.cache/dfzsl_fast/minilm).
         world: a prebuilt world (default: `demo_world(dataset, seed=seed)`).
+        with_coop: also run CoOp and CoOp + SHIP (data-free: on DFZSL's virtual base
+            features; SHIP is DFZSL's generator when ``generator.kind == "ship"``, else trained
+            here with ``config.ship``). Minutes more on a CPU.
     """
     from .evaluation import evaluate_head
     from .nn import ExtendedClassifier
@@ -197,16 +201,43 @@ def run_demo(
             s_icis_pub = score("icis_published", pub)
         t_icis = time.perf_counter() - t0
 
+    # CoOp and CoOp + SHIP (method.md 4.3) on the virtual base features: data-free
+    s_coop = s_coop_ship = None
+    t_coop = 0.0
+    if with_coop:
+        from .pipeline.coop import train_coop
+        from .pipeline.ship import ship_prompts, train_ship
+        from .synthesis import SHIPGenerator
+
+        t0 = time.perf_counter()
+        xv, yv = res.features["virtual"]
+        if res.generator is not None and res.generator[0].kind == "ship":
+            ship_gen, emb = res.generator
+        else:
+            ship = train_ship(xv, yv, names, tower, cfg.template, cfg.ship, progress=progress)
+            ship_gen = SHIPGenerator(ship, ship_prompts(tower, cfg.template, names, cfg.ship))
+            emb = res.text_features
+        coop = train_coop(xv, yv, names, tower, cfg.template, seen_l, unseen_l, cfg.coop,
+                          progress=progress)
+        s_coop = score("coop", coop)
+        coop_ship = train_coop(xv, yv, names, tower, cfg.template, seen_l, unseen_l, cfg.coop,
+                               generator=ship_gen, class_embeddings=emb,
+                               synth_seed=seed, progress=progress)
+        s_coop_ship = score("coop_ship", coop_ship)
+        t_coop = time.perf_counter() - t0
+
     # new-class quality, measured directly: the generator's new-class feature means, and the
     # text features, as prototypes on the new classes' test features (new classes only)
     from .metrics import new_class_quality
 
+    syn = res.features["synthesized"]
     new_quality = {"generator": cfg.generator.kind,
-                   **new_class_quality(*res.features["synthesized"], res.text_features,
-                                       x_te, y_te, unseen)}
+                   **(new_class_quality(*syn, res.text_features, x_te, y_te, unseen)
+                      if isinstance(syn, tuple) else {})}
     summary = {
         "dataset": dataset,
         "seed": seed,
+        "generator": cfg.generator.kind,
         "world": {"classes": len(names), "seen": int(seen.numel()), "unseen": int(unseen.numel()),
                   "teacher_seen_acc": world.teacher_accuracy()},
         "selection": res.classifier.metadata.get("selection", "last epoch"),
@@ -215,12 +246,14 @@ def run_demo(
         "dfzsl_paper_protocol_max_over_epochs": res.scores.get("paper_protocol_max_over_epochs"),
         "icis": s_icis,
         "icis_published": s_icis_pub,
+        "coop": s_coop,
+        "coop_ship": s_coop_ship,
         "prompt_tuning": res.prompt_tuning,
         "estimate": res.estimate.to_dict() if res.estimate is not None else None,
         "fell_back_to_zero_shot": res.fell_back,
         "new_class_prototypes": new_quality,
         "virtual_kept": res.keep.total_kept if res.keep is not None else None,
-        "timings_s": {"world": t_world, **res.timings, "icis": t_icis,
+        "timings_s": {"world": t_world, **res.timings, "icis": t_icis, "coop": t_coop,
                       "total": time.perf_counter() - t_start},
     }
     if out is not None:
@@ -260,7 +293,10 @@ def _write_results(out: Path, summary: dict[str, Any], scores: dict[str, tuple[d
 def format_summary(s: dict[str, Any]) -> str:
     """A side-by-side table of S / U / H (percent)."""
     rows = [("zero-shot CLIP", s["zero_shot"]), ("ICIS (published)", s.get("icis_published")),
-            ("ICIS (ours)", s.get("icis")), ("DFZSL", s["dfzsl"])]
+            ("ICIS (ours)", s.get("icis")), ("CoOp", s.get("coop")),
+            ("CoOp + SHIP", s.get("coop_ship")),
+            (f"DFZSL ({s.get('generator', 'tfvaegan')})" if s.get("generator") == "ship"
+             else "DFZSL", s["dfzsl"])]
     lines = [f"{'method':<18} {'S':>6} {'U':>6} {'H':>6}"]
     for name, v in rows:
         if v:

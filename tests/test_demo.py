@@ -67,3 +67,29 @@ def test_demo_cli_rejects_a_non_empty_folder(tmp_path):
     (tmp_path / "x").write_text("keep")
     assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
     assert (tmp_path / "x").read_text() == "keep"
+
+
+def test_demo_with_ship_and_coop_runs(tmp_path):
+    """The SHIP options end to end on a short schedule (the mechanics; quality is measured by
+    scripts/ship_table.py, README "SHIP")."""
+    from dfzsl_fast.demo import demo_config, format_summary, run_demo
+
+    cfg = demo_config("APY", seed=0)
+    cfg.simulator.num = 40
+    cfg.generator.kind = "ship"
+    cfg.generator.syn_num = 20
+    cfg.ship.epochs = 1
+    cfg.ship.gen_hidden = 256
+    cfg.coop.epochs = 1
+    cfg.coop.synthetic_pool = 20
+    cfg.classifier.epochs = 2
+    s = run_demo("APY", seed=0, out_dir=tmp_path, config=cfg, with_icis=False,
+                 icis_published=False, progress=False, plots=False,
+                 cache_dir=tmp_path / "minilm", with_coop=True)
+    for key in ("dfzsl", "coop", "coop_ship"):
+        assert set(s[key]) == set("SUH") and all(0 <= v <= 1 for v in s[key].values())
+    assert s["generator"] == "ship" and s["timings_s"]["coop"] > 0
+    table = format_summary(s)
+    assert "CoOp + SHIP" in table and "DFZSL (ship)" in table
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"coop", "coop_ship", "zero_shot"} <= set(m["baselines"])

@@ -54,6 +54,11 @@ def add(sub: Any) -> None:
                    help="results folder (default: runs/demo-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--overwrite", action="store_true", help="reuse a non-empty --out")
     p.add_argument("--no-icis", action="store_true", help="skip ICIS")
+    p.add_argument("--generator", default=None, choices=["tfvaegan", "vmf", "ship"],
+                   help="DFZSL's new-class generator (default: the demo config's tfvaegan); "
+                   "ship synthesizes through the text tower (slower on a CPU)")
+    p.add_argument("--coop", action="store_true",
+                   help="also CoOp and CoOp + SHIP on the virtual base features (minutes more)")
     p.add_argument("--no-plots", action="store_true", help="skip the plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_set_option(p, "generator.kind=vmf (on dfzsl_fast.demo.demo_config)")
@@ -62,6 +67,8 @@ def add(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = None
+    if args.generator is not None:
+        args.set = list(args.set or []) + [f"generator.kind={args.generator}"]
     if args.set:
         from ..config import DFZSLConfig
         from ..demo import demo_config
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     with log_to(out, "warning", file_level="info"):
         s = run_demo(args.dataset, seed=args.seed, out_dir=out, config=config,
                      with_icis=not args.no_icis, progress=not args.no_progress,
-                     plots=not args.no_plots)
+                     plots=not args.no_plots, with_coop=args.coop)
     w = s["world"]
     print(f"\nworld: {w['classes']} classes ({w['seen']} seen / {w['unseen']} unseen), teacher "
           f"seen accuracy {100 * w['teacher_seen_acc']:.1f}%; prompt tuning {s['prompt_tuning']}")
@@ -88,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     print(legend(("S", "U", "H")))
     zs_h = s["zero_shot"]["H"]
     for label, key in (("DFZSL", "dfzsl"), ("ICIS (ours)", "icis"),
-                       ("ICIS (published)", "icis_published")):
+                       ("ICIS (published)", "icis_published"), ("CoOp", "coop"),
+                       ("CoOp + SHIP", "coop_ship")):
         v = s.get(key)
         warn = far_below_zero_shot(label, v.get("H") if v else None, zs_h)
         if warn:
