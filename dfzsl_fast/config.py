@@ -97,6 +97,19 @@ def check_count(v: Any, key: str, low: int = 0) -> int:
     return v
 
 
+def _check_semantics(obj: Any) -> None:
+    """``semantics`` in ("text", "attributes", "combined"); ``attribute_weight`` None or a
+    finite number >= 0 (GeneratorConfig, ICISConfig; issue 12)."""
+    kind = type(obj).__name__
+    if obj.semantics not in ("text", "attributes", "combined"):
+        raise ValueError(f"{kind}.semantics: 'text', 'attributes' or 'combined', got "
+                         f"{obj.semantics!r}")
+    w = obj.attribute_weight
+    if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
+                          or not math.isfinite(w) or w < 0):
+        raise ValueError(f"{kind}.attribute_weight: None or a finite number >= 0, got {w!r}")
+
+
 def _nonneg(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
@@ -194,6 +207,13 @@ class GeneratorConfig:
     folder), or ``"stream"`` (nothing stored: each batch's rows are regenerated from their
     (class, row) counters, bitwise the same rows every epoch). The three train the same
     classifier for the same rows (disk: to the rounding of ``shard_dtype``).
+
+    ``semantics`` (ours, issue 12, CFZSL) is what the TF-VAEGAN is conditioned on:
+    ``"text"`` (default, published: the tuned text features), ``"attributes"`` (the class
+    attributes given to `DFZSL.fit(class_attributes=...)`) or ``"combined"`` (both, fused by
+    `dfzsl_fast.semantics.class_semantics`, the attribute part weighted by
+    ``attribute_weight``; None: chosen on held-out base classes against the fitted vMF means,
+    `semantics.select_attribute_weight`). Only ``kind="tfvaegan"`` has a condition to change.
     """
 
     kind: str = "tfvaegan"
@@ -215,8 +235,11 @@ class GeneratorConfig:
     seed: int = 806
     synthesis: str = "memory"  # "memory" | "disk" | "stream" (ours)
     shard_dtype: str = "float16"  # stored format of "disk" shards: float16 | bfloat16 | float32
+    semantics: str = "text"  # "text" | "attributes" | "combined" (ours, issue 12)
+    attribute_weight: float | None = None  # "combined": None = chosen on held-out base classes
 
     def __post_init__(self) -> None:
+        _check_semantics(self)
         _positive(self, "epochs", "batch_size", "syn_num", "hidden", "lr", "feedback_lr")
         _bounded(self, "generator")
         _positive(self, "decoder_lr", "critic_iters")
@@ -231,6 +254,9 @@ class GeneratorConfig:
         if self.shard_dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError("GeneratorConfig.shard_dtype: 'float16', 'bfloat16' or 'float32', "
                              f"got {self.shard_dtype!r}")
+        if self.semantics != "text" and self.kind != "tfvaegan":
+            raise ValueError(f"GeneratorConfig.semantics={self.semantics!r} needs "
+                             f"kind='tfvaegan' (kind={self.kind!r} has no class condition)")
 
 
 @dataclass
@@ -451,6 +477,11 @@ class ICISConfig:
         rescale: "none" (reference) or "seen_norm" (ours: new rows get the seen rows' mean
             norm; for linear heads).
         seed: seeds the init and the shuffling.
+        semantics: the descriptors ICIS learns from (ours, issue 12, CFZSL): "text" (default:
+            the descriptors given, as before), "attributes" (the attributes given beside them)
+            or "combined" (both, `dfzsl_fast.semantics.class_semantics`).
+        attribute_weight: the attribute part's weight in "combined"; None: chosen on held-out
+            base classes against the head's rows (`semantics.select_attribute_weight`).
     """
 
     hidden: int = 2048
@@ -464,8 +495,11 @@ class ICISConfig:
     include_unseen: bool = True
     rescale: str = "none"
     seed: int = 0
+    semantics: str = "text"
+    attribute_weight: float | None = None
 
     def __post_init__(self) -> None:
+        _check_semantics(self)
         _positive(self, "hidden", "epochs", "batch_size", "lr", "slope_threshold")
         _bounded(self, "icis")
         _nonneg(self, "seed")
@@ -475,9 +509,11 @@ class ICISConfig:
             raise ValueError(f"ICISConfig.rescale: 'none' or 'seen_norm', got {self.rescale!r}")
 
     def fit_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments of `pipeline.icis.fit_icis` (every field but ``rescale``)."""
+        """The keyword arguments of `pipeline.icis.fit_icis` (every field but ``rescale``,
+        ``semantics`` and ``attribute_weight``, which act before and after the fit)."""
         d = dataclasses.asdict(self)
-        d.pop("rescale")
+        for k in ("rescale", "semantics", "attribute_weight"):
+            d.pop(k)
         return d
 
     def to_dict(self) -> dict[str, Any]:

@@ -187,7 +187,8 @@ class DFZSL:
     # ------------------------------------------------------------------------------------------
 
     def check_inputs(
-        self, teacher, class_names, seen_classes, text_tower=None, text_features=None
+        self, teacher, class_names, seen_classes, text_tower=None, text_features=None,
+        class_attributes=None,
     ):
         """Validate the inputs of `fit` (raises before any work); returns (Teacher, names, seen)."""
         if not isinstance(teacher, Teacher):
@@ -217,6 +218,24 @@ class DFZSL:
                 raise ValueError("text_features: contains NaN or Inf")
             if bool((text_features == 0).all(dim=1).any()):
                 raise ValueError("text_features: has an all-zero row")
+        sem = self.config.generator.semantics
+        if sem != "text" and class_attributes is None:
+            raise ValueError(
+                f"generator.semantics={sem!r} needs class_attributes ({C_all}, K), e.g. the "
+                "xlsa17 `att` of the dataset (dfzsl_fast.data.load_att_splits), one row per "
+                "class name"
+            )
+        if class_attributes is not None:
+            a = class_attributes
+            if not isinstance(a, torch.Tensor) or a.dim() != 2 or not a.is_floating_point():
+                raise TypeError(f"class_attributes: expected a ({C_all}, K) float tensor")
+            if a.shape[0] != C_all or a.shape[1] < 1:
+                raise ValueError(f"class_attributes: expected ({C_all}, K) (one row per class "
+                                 f"name), got {tuple(a.shape)}")
+            if not bool(torch.isfinite(a).all()):
+                raise ValueError("class_attributes: contains NaN or Inf")
+            if bool((a == 0).all(dim=1).any()):
+                raise ValueError("class_attributes: has an all-zero row")
         if text_tower is not None:
             out_dim = getattr(text_tower, "output_dim", None)
             if out_dim is not None and out_dim != D:
@@ -314,6 +333,7 @@ class DFZSL:
         text_tower: Any = None,
         text_features: torch.Tensor | None = None,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        class_attributes: torch.Tensor | None = None,
     ) -> DFZSLResult:
         """Run the four stages and return the extended classifier.
 
@@ -329,6 +349,9 @@ class DFZSL:
                 prompt tuning is skipped and `result.prompt_tuning` says so.
             eval_data: optional (x_test (N, D), y_test (N,)) in `class_names` indices, to
                 record per-epoch test scores (reporting only; never used for selection).
+            class_attributes: optional (C_all, K) class attributes (e.g. xlsa17 `att`), one
+                row per class name; needed by ``generator.semantics`` "attributes" and
+                "combined" (`dfzsl_fast.semantics`), unused with the default "text".
 
         Returns:
             A `DFZSLResult`.
@@ -339,7 +362,7 @@ class DFZSL:
         """
         cfg = self.config
         teacher, names, seen = self.check_inputs(teacher, class_names, seen_classes,
-                                                 text_tower, text_features)
+                                                 text_tower, text_features, class_attributes)
         device = self.device or teacher.weight.device
         teacher = Teacher(teacher.weight.to(device), teacher.temperature, backend=self.backend)
         C_all, C_s = len(names), seen.numel()
@@ -439,12 +462,23 @@ class DFZSL:
         # 3. generator and synthesis
         t0 = time.perf_counter()
         gcfg = cfg.generator
-        # the synthesis mode changes where rows live, not which rows: not part of the key
-        k3 = stage_key("generator", k2,
-                       dataclasses.replace(gcfg, synthesis="memory", shard_dtype="float16"),
+        # the synthesis mode changes where rows live, not which rows: not part of the key;
+        # the default semantics ("text") keeps the keys of before (issue 12)
+        gkey = dataclasses.asdict(
+            dataclasses.replace(gcfg, synthesis="memory", shard_dtype="float16"))
+        sem_key: tuple = ()
+        if gcfg.semantics == "text":
+            del gkey["semantics"], gkey["attribute_weight"]
+        else:
+            sem_key = (fingerprint(class_attributes.detach().float().cpu().contiguous()),)
+        k3 = stage_key("generator", k2, gkey,
                        (ccfg.frame, ccfg.text_map) if gcfg.kind == "vmf" else None,
                        (cfg.ship, getattr(text_tower, "name", None), cfg.template)
-                       if gcfg.kind == "ship" else None)
+                       if gcfg.kind == "ship" else None, *sem_key)
+        sem_weight = None
+        if gcfg.kind == "tfvaegan":  # the generator's class conditions (cheap; semantics.py)
+            gen_cond, sem_weight = _generator_semantics(T1, class_attributes, gcfg, mu, sd,
+                                                        cfg.seed)
         syn_seed = mix_seed(gcfg.seed, 1)
 
         def feature_generator():
@@ -471,7 +505,7 @@ class DFZSL:
             ckpt = None
             if self.cache.enabled:
                 ckpt = self.cache.root / f"generator-{k3[:12]}.pt"
-            emb = F.normalize(T1, dim=1)
+            emb = gen_cond
             model = train_generator(
                 xs, yv_all, emb, gcfg, seed=gcfg.seed, progress=self.progress, checkpoint=ckpt,
             )
@@ -579,6 +613,9 @@ class DFZSL:
             "text_map_lambda": text_map.lam if text_map is not None else None,
             "teacher_weight": tw if center is not None else None,
         }
+        if gcfg.semantics != "text":
+            meta["generator_semantics"] = {"semantics": gcfg.semantics,
+                                           "attribute_weight": sem_weight}
         clf = ExtendedClassifier(project_out(head.weight.detach(), center), names, seen,
                                  scale=ccfg.scale,
                                  shift=shift, center=center, metadata=meta, backend=self.backend)
@@ -620,6 +657,28 @@ class DFZSL:
                       "synthesized": (xu, yu) if syn_rows is None else syn_rows},
             generator=made[0] if made else None,
         )
+
+
+def _generator_semantics(T1, attributes, gcfg, mu, seen, seed):
+    """The TF-VAEGAN's class conditions (C_all, S) for `gcfg.semantics` (`semantics.py`).
+
+    "text": normalize(T1), as published. "combined" with ``attribute_weight=None``: the weight
+    chosen on held-out base classes, the targets being the fitted vMF means (base only).
+    Returns (conditions, the attribute weight used or None).
+    """
+    from ..semantics import class_semantics, select_attribute_weight
+
+    if gcfg.semantics == "text":
+        return F.normalize(T1, dim=1), None
+    a = attributes.detach().to(device=T1.device, dtype=T1.dtype)
+    w = gcfg.attribute_weight
+    if gcfg.semantics == "combined" and w is None:
+        w, scores = select_attribute_weight(T1[seen], a[seen], mu, seed=seed, return_scores=True)
+        log.info("generator: attribute weight %g chosen on held-out base classes (cosine %s)",
+                 w, {k: round(v, 3) for k, v in scores.items()})
+    if gcfg.semantics == "attributes":
+        return class_semantics(None, a, "attributes"), None
+    return class_semantics(T1, a, "combined", weight=w), float(w)
 
 
 def zero_shot_classifier(
