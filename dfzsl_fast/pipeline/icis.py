@@ -162,12 +162,18 @@ class ICISFitInfo:
         epochs_run: epochs actually run.
         stopped_early: whether the slope criterion stopped training.
         seconds: wall time.
+        semantics: the descriptors' semantic space ("text", "attributes", "combined";
+            set by `icis_extend`).
+        attribute_weight: the attribute weight of "combined" (given, or chosen on held-out
+            base classes), else None.
     """
 
     losses: torch.Tensor
     epochs_run: int
     stopped_early: bool
     seconds: float
+    semantics: str = "text"
+    attribute_weight: float | None = None
 
 
 def head_targets(head: Head) -> torch.Tensor:
@@ -427,14 +433,65 @@ def inject(head: Head, new_rows: torch.Tensor, rescale: str = "none") -> Head:
     return out
 
 
+def _semantic_descriptors(
+    head_rows: torch.Tensor,
+    seen_text: torch.Tensor | None,
+    unseen_text: torch.Tensor | None,
+    seen_attributes: torch.Tensor | None,
+    unseen_attributes: torch.Tensor | None,
+    semantics: str,
+    weight: float | None,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, float | None]:
+    """(seen (C_s, S), unseen (C_u, S), weight used) descriptors of one semantic space.
+
+    "text": the descriptors as given. "attributes": the attributes. "combined": both fused by
+    `semantics.class_semantics` over all classes at once (one centre); a weight of None is
+    chosen on held-out base classes against `head_rows` (`select_attribute_weight`).
+    """
+    from ..semantics import check_semantics_inputs, class_semantics, select_attribute_weight
+
+    check_semantics_inputs(semantics, seen_text, seen_attributes, where="seen")
+    check_semantics_inputs(semantics, unseen_text, unseen_attributes, where="unseen")
+    if semantics == "text":
+        return seen_text, unseen_text, None
+    a_s = _check_desc(seen_attributes, "seen_attributes")
+    a_u = _check_desc(unseen_attributes, "unseen_attributes")
+    if a_u.shape[1] != a_s.shape[1]:
+        raise ValueError(f"unseen_attributes: width {a_u.shape[1]} differs from "
+                         f"seen_attributes' width {a_s.shape[1]}")
+    if a_s.shape[0] != head_rows.shape[0]:
+        raise ValueError(f"seen_attributes: {a_s.shape[0]} rows but the head has "
+                         f"{head_rows.shape[0]} classes (one per row, same order)")
+    if semantics == "attributes":
+        return a_s, a_u, None
+    t_s = _check_desc(seen_text, "seen_descriptors")
+    t_u = _check_desc(unseen_text, "unseen_descriptors").to(t_s.device, t_s.dtype)
+    if t_u.shape[1] != t_s.shape[1]:
+        raise ValueError(f"unseen_descriptors: width {t_u.shape[1]} differs from "
+                         f"seen_descriptors' width {t_s.shape[1]}")
+    a_s, a_u = a_s.to(t_s.device, t_s.dtype), a_u.to(t_s.device, t_s.dtype)
+    if weight is None:
+        weight = select_attribute_weight(t_s, a_s, head_rows.to(t_s.device, t_s.dtype),
+                                         seed=seed)
+    S = class_semantics(torch.cat([t_s, t_u]), torch.cat([a_s, a_u]), "combined",
+                        weight=weight)
+    C_s = t_s.shape[0]
+    return S[:C_s], S[C_s:], float(weight)
+
+
 def icis_extend(
     head: Head,
-    seen_descriptors: torch.Tensor,
-    unseen_descriptors: torch.Tensor,
+    seen_descriptors: torch.Tensor | None,
+    unseen_descriptors: torch.Tensor | None,
     config: ICISConfig | None = None,
     *,
     rescale: str | None = None,
     return_model: bool = False,
+    seen_attributes: torch.Tensor | None = None,
+    unseen_attributes: torch.Tensor | None = None,
+    semantics: str | None = None,
+    attribute_weight: float | None = None,
     **fit_kwargs,
 ) -> Head | tuple[Head, ICIS, ICISFitInfo]:
     """Fit ICIS on `head`'s rows and return the head extended with the new classes.
@@ -448,6 +505,13 @@ def icis_extend(
             defaults, overridden by `rescale` and `fit_kwargs`.
         rescale: see `inject` (default "none"); not with `config` (set `config.rescale`).
         return_model: also return the fitted model and its `ICISFitInfo`.
+        seen_attributes, unseen_attributes: (C_s, K) and (C_u, K) class attributes (e.g.
+            xlsa17 `att`), needed by semantics "attributes" and "combined" (issue 12).
+        semantics: "text" (default: the descriptors as given, as before), "attributes" or
+            "combined" (`dfzsl_fast.semantics.class_semantics`); not with `config` (set
+            `config.semantics`). With "attributes" the descriptors may be None.
+        attribute_weight: the "combined" attribute weight (None: chosen on held-out base
+            classes against the head's rows); not with `config`.
         **fit_kwargs: passed to `fit_icis` (progress, betas; without `config` also hidden,
             epochs, batch_size, lr, seed, ...).
 
@@ -459,16 +523,23 @@ def icis_extend(
         >>> extended(x).argmax(1)           # over seen + new classes
     """
     if config is not None:
-        both = sorted(set(fit_kwargs) & set(config.to_dict())) + (
-            ["rescale"] if rescale is not None else [])
+        both = sorted(set(fit_kwargs) & set(config.to_dict())) + [
+            k for k, v in (("rescale", rescale), ("semantics", semantics),
+                           ("attribute_weight", attribute_weight)) if v is not None]
         if both:
             raise TypeError(f"icis_extend: {both} given both in `config` and as arguments")
         fit_kwargs = {**config.fit_kwargs(), **fit_kwargs}
         rescale = config.rescale
+        semantics, attribute_weight = config.semantics, config.attribute_weight
     rescale = "none" if rescale is None else rescale
+    semantics = "text" if semantics is None else semantics
+    seen_descriptors, unseen_descriptors, weight = _semantic_descriptors(
+        head_targets(head), seen_descriptors, unseen_descriptors, seen_attributes,
+        unseen_attributes, semantics, attribute_weight, int(fit_kwargs.get("seed", 0)))
     fit_kwargs = dict(fit_kwargs)
     fit_kwargs["return_info"] = True
     model, info = fit_icis(seen_descriptors, head, unseen_descriptors, **fit_kwargs)
+    info.semantics, info.attribute_weight = semantics, weight
     a_u = _check_desc(unseen_descriptors, "unseen_descriptors")
     p = next(model.parameters())
     a_u = a_u.to(device=p.device, dtype=p.dtype)
@@ -504,10 +575,14 @@ class LinearInjection:
 
 def icis_linear(
     head: Head,
-    seen_descriptors: torch.Tensor,
-    unseen_descriptors: torch.Tensor,
+    seen_descriptors: torch.Tensor | None,
+    unseen_descriptors: torch.Tensor | None,
     *,
     seed: int = 0,
+    seen_attributes: torch.Tensor | None = None,
+    unseen_attributes: torch.Tensor | None = None,
+    semantics: str = "text",
+    attribute_weight: float | None = None,
 ) -> LinearInjection:
     """Classifier injection for a cosine head over CLIP features, from CLIP text descriptors.
 
@@ -529,6 +604,14 @@ def icis_linear(
         seen_descriptors: (C_s, D) CLIP text features of the seen classes, head row order.
         unseen_descriptors: (C_u, D) CLIP text features of the new classes.
         seed: seeds the held-out split that chooses lambda.
+        seen_attributes, unseen_attributes: (C_s, K), (C_u, K) class attributes, for
+            `semantics` "attributes" / "combined" (issue 12).
+        semantics: "text" (default, as before), "attributes" (a ridge map from the attributes,
+            shrunk towards zero: attributes have no identity to start from) or "combined"
+            (`semantics.class_semantics` of the centred text and the attributes; the map is
+            shrunk towards the identity on the text block and zero on the attribute block).
+        attribute_weight: the "combined" weight; None: chosen on held-out base classes
+            against the centred head rows (`semantics.select_attribute_weight`).
 
     Returns:
         A :class:`LinearInjection`; build the classifier with
@@ -536,14 +619,21 @@ def icis_linear(
 
     Raises:
         ValueError: descriptors not D wide (this variant needs text features in the head's
-            space: use `icis_extend` for attributes), a head with a bias, bad shapes.
+            space, also beside attributes), a head with a bias, bad shapes, a `semantics`
+            without the inputs it needs.
     """
     from ..nn import project_out, text_center
+    from ..semantics import check_semantics_inputs
     from .text_map import fit_text_map
 
     if isinstance(head, nn.Linear) and head.bias is not None:
         raise ValueError("head: icis_linear takes a cosine head (or a Linear without bias); "
                          "a bias has no place in the cosine frame")
+    check_semantics_inputs(semantics, seen_descriptors, seen_attributes, where="seen")
+    check_semantics_inputs(semantics, unseen_descriptors, unseen_attributes, where="unseen")
+    if semantics == "attributes" and (seen_descriptors is None or unseen_descriptors is None):
+        raise ValueError("icis_linear: semantics='attributes' still needs the CLIP text "
+                         "features of all classes: they define the centred frame")
     W = head_targets(head).detach().to(torch.float32)
     a_s = _check_desc(seen_descriptors, "seen_descriptors").to(W.device, torch.float32)
     a_u = _check_desc(unseen_descriptors, "unseen_descriptors").to(W.device, torch.float32)
@@ -559,7 +649,31 @@ def icis_linear(
     t_s = F.normalize(project_out(a_s, c), dim=1)
     t_u = F.normalize(project_out(a_u, c), dim=1)
     w_s = F.normalize(project_out(F.normalize(W, dim=1), c), dim=1)
-    tm = fit_text_map(t_s, w_s, seed=seed)
-    new = F.normalize(project_out(tm.apply(t_u), c), dim=1)
+    if semantics == "text":
+        tm = fit_text_map(t_s, w_s, seed=seed)
+        new = F.normalize(project_out(tm.apply(t_u), c), dim=1)
+        return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
+    from ..semantics import class_semantics, select_attribute_weight
+
+    at_s = _check_desc(seen_attributes, "seen_attributes").to(W.device, torch.float32)
+    at_u = _check_desc(unseen_attributes, "unseen_attributes").to(W.device, torch.float32)
+    if at_s.shape[0] != C_s or at_u.shape[0] != a_u.shape[0] or at_u.shape[1] != at_s.shape[1]:
+        raise ValueError(f"attributes: expected ({C_s}, K) seen and ({a_u.shape[0]}, K) new "
+                         f"rows, got {tuple(at_s.shape)} and {tuple(at_u.shape)}")
+    K = at_s.shape[1]
+    if semantics == "attributes":
+        S = class_semantics(None, torch.cat([at_s, at_u]), "attributes")
+        prior = torch.zeros(K, D, dtype=torch.float64)
+    else:
+        w = attribute_weight
+        if w is None:
+            w = select_attribute_weight(t_s, at_s, w_s, seed=seed)
+        S = class_semantics(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]), "combined",
+                            weight=float(w))
+        # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text
+        prior = torch.cat([math.sqrt(1.0 + float(w) ** 2) * torch.eye(D, dtype=torch.float64),
+                           torch.zeros(K, D, dtype=torch.float64)])
+    tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
+    new = F.normalize(project_out(tm.apply(S[C_s:]), c), dim=1)
     return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
 

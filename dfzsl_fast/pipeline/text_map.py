@@ -52,9 +52,11 @@ class TextMap:
         return F.normalize(out, dim=1).to(text.dtype)
 
 
-def _solve(X: torch.Tensor, Y: torch.Tensor, lam: float) -> torch.Tensor:
+def _solve(X: torch.Tensor, Y: torch.Tensor, lam: float,
+           prior: torch.Tensor | None = None) -> torch.Tensor:
     eye = torch.eye(X.shape[1], dtype=torch.float64, device=X.device)
-    return torch.linalg.solve(X.T @ X + lam * eye, X.T @ Y + lam * eye)
+    return torch.linalg.solve(X.T @ X + lam * eye, X.T @ Y + lam * (eye if prior is None
+                                                                    else prior))
 
 
 def fit_text_map(
@@ -64,6 +66,7 @@ def fit_text_map(
     lambdas: Sequence[float] = LAMBDAS,
     holdout_fraction: float = 0.2,
     seed: int = 0,
+    prior: torch.Tensor | None = None,
 ) -> TextMap:
     """Fit A on base pairs, lam chosen on held-out base classes (see the module docstring).
 
@@ -74,6 +77,9 @@ def fit_text_map(
         holdout_fraction: share of base classes held out to choose lam (>= 1 class; with a
             single base class the largest lam is used).
         seed: seeds the held-out split.
+        prior: (S, D) the map to shrink towards (None: the identity, text (C_s, D)); with a
+            prior, text may be (C_s, S) of another width S (issue 12: combined semantics
+            shrink towards [I; 0], attributes alone towards 0).
 
     Returns:
         A :class:`TextMap`.
@@ -83,7 +89,14 @@ def fit_text_map(
     """
     text = check_matrix(text, "text", "(C_s, D)")
     targets = check_matrix(targets, "targets", "(C_s, D)")
-    if text.shape != targets.shape:
+    if prior is not None:
+        if (not isinstance(prior, torch.Tensor) or prior.dim() != 2
+                or tuple(prior.shape) != (text.shape[1], targets.shape[1])
+                or text.shape[0] != targets.shape[0]):
+            raise ValueError(f"prior: expected ({text.shape[1]}, {targets.shape[1]}) for text "
+                             f"{tuple(text.shape)} and targets {tuple(targets.shape)}")
+        prior = prior.detach().to(device=text.device, dtype=torch.float64)
+    elif text.shape != targets.shape:
         raise ValueError(f"text and targets: expected two (C_s, D) tensors of one shape, got "
                          f"{tuple(text.shape)} and {tuple(targets.shape)}")
     try:
@@ -104,9 +117,9 @@ def fit_text_map(
         n_h = min(max(1, round(holdout_fraction * C)), C - 1)
         hold, keep = perm[:n_h], perm[n_h:]
         for lam in lams:
-            pred = X[hold] @ _solve(X[keep], Y[keep], lam)
+            pred = X[hold] @ _solve(X[keep], Y[keep], lam, prior)
             val[lam] = float(F.cosine_similarity(pred, Y[hold], dim=1).mean())
         best = max(lams, key=lambda v: (val[v], v))
     else:
         best = max(lams)
-    return TextMap(A=_solve(X, Y, best), lam=best, val_cos=val)
+    return TextMap(A=_solve(X, Y, best, prior), lam=best, val_cos=val)
