@@ -610,8 +610,9 @@ def icis_linear(
             shrunk towards zero: attributes have no identity to start from) or "combined"
             (`semantics.class_semantics` of the centred text and the attributes; the map is
             shrunk towards the identity on the text block and zero on the attribute block).
-        attribute_weight: the "combined" weight; None: chosen on held-out base classes
-            against the centred head rows (`semantics.select_attribute_weight`).
+        attribute_weight: the "combined" weight; None: the one of
+            `semantics.ATTRIBUTE_WEIGHTS` whose map predicts held-out base rows best (the
+            held-out split that also chooses lambda; base classes only).
 
     Returns:
         A :class:`LinearInjection`; build the classifier with
@@ -653,7 +654,7 @@ def icis_linear(
         tm = fit_text_map(t_s, w_s, seed=seed)
         new = F.normalize(project_out(tm.apply(t_u), c), dim=1)
         return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
-    from ..semantics import class_semantics, select_attribute_weight
+    from ..semantics import ATTRIBUTE_WEIGHTS, class_semantics
 
     at_s = _check_desc(seen_attributes, "seen_attributes").to(W.device, torch.float32)
     at_u = _check_desc(unseen_attributes, "unseen_attributes").to(W.device, torch.float32)
@@ -665,15 +666,28 @@ def icis_linear(
         S = class_semantics(None, torch.cat([at_s, at_u]), "attributes")
         prior = torch.zeros(K, D, dtype=torch.float64)
     else:
-        w = attribute_weight
-        if w is None:
-            w = select_attribute_weight(t_s, at_s, w_s, seed=seed)
-        S = class_semantics(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]), "combined",
-                            weight=float(w))
-        # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text
-        prior = torch.cat([math.sqrt(1.0 + float(w) ** 2) * torch.eye(D, dtype=torch.float64),
-                           torch.zeros(K, D, dtype=torch.float64)])
-    tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
+        def fused(w: float) -> tuple[torch.Tensor, torch.Tensor]:
+            S = class_semantics(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]), "combined",
+                                weight=w)
+            # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text
+            prior = torch.cat([math.sqrt(1.0 + w * w) * torch.eye(D, dtype=torch.float64),
+                               torch.zeros(K, D, dtype=torch.float64)])
+            return S, prior
+
+        if attribute_weight is None:  # the map's own held-out score on base classes
+            best = None
+            for w in ATTRIBUTE_WEIGHTS:
+                S, prior = fused(float(w))
+                cand = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
+                score = max(cand.val_cos.values(), default=0.0)
+                if best is None or score > best[0]:
+                    best = (score, S, cand)
+            _, S, tm = best
+        else:
+            S, prior = fused(float(attribute_weight))
+            tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
+    if semantics == "attributes":
+        tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
     new = F.normalize(project_out(tm.apply(S[C_s:]), c), dim=1)
     return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
 
