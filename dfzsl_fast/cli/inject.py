@@ -36,10 +36,15 @@ inputs:
   --new-descriptors   (C_new, A) descriptors of the new classes, same formats and width.
   --new-names         a file (one name per line, or a JSON list) or the names themselves;
                       optional when the new-descriptor file embeds `names`.
+  --base-attributes, --new-attributes
+                      (C, K) / (C_new, K) class attributes (e.g. xlsa17 `att`), same formats;
+                      needed by --semantics attributes / combined (the descriptors are then
+                      the text part; dfzsl_fast.semantics).
 
 settings: the options below, then --set KEY=VALUE on the fields of ICISConfig
 (dfzsl_fast.config): hidden, epochs, batch_size, lr, loss, early_stopping,
-slope_threshold, normalize_descriptors, include_unseen, rescale, seed.
+slope_threshold, normalize_descriptors, include_unseen, rescale, seed, semantics,
+attribute_weight.
 
 output: the head extended with C_new rows predicted by ICIS (rows 0..C-1 unchanged); the new
 classes are marked unseen in its metadata, with the ICIS settings and inputs as provenance.
@@ -69,6 +74,14 @@ def add(sub: Any) -> None:
                    help="(C_new, A) descriptors of the new classes")
     p.add_argument("--new-names", nargs="+", default=None, metavar="NAMES",
                    help="names file (one per line / JSON list), or the names themselves")
+    p.add_argument("--base-attributes", default=None, metavar="FILE",
+                   help="(C, K) attributes of the classifier's classes (--semantics "
+                   "attributes / combined)")
+    p.add_argument("--new-attributes", default=None, metavar="FILE",
+                   help="(C_new, K) attributes of the new classes")
+    p.add_argument("--semantics", default=None, choices=["text", "attributes", "combined"],
+                   help="what ICIS learns from: the descriptors (text, default), the "
+                   "attributes, or both fused (combined)")
     p.add_argument("--out", default=None, metavar="PATH",
                    help="extended head (.safetensors; default: "
                    "runs/inject-<YYYYmmdd-HHMMSS>/classifier.safetensors)")
@@ -104,7 +117,7 @@ def icis_config(args: argparse.Namespace):
     from ..config import ICISConfig
 
     data = ICISConfig().to_dict()
-    for key in ("epochs", "hidden", "batch_size", "lr", "loss", "rescale", "seed"):
+    for key in ("epochs", "hidden", "batch_size", "lr", "loss", "rescale", "seed", "semantics"):
         if getattr(args, key) is not None:
             data[key] = getattr(args, key)
     data["early_stopping"] = data["early_stopping"] and not args.no_early_stopping
@@ -117,6 +130,9 @@ def icis_config(args: argparse.Namespace):
             raise UsageError(f"--set {key}: expected at most {high}, got {getattr(cfg, key)}")
     if cfg.seed >= 2**63:
         raise UsageError(f"--set seed: expected at most 2**63 - 1, got {cfg.seed}")
+    if cfg.semantics != "text" and (args.base_attributes is None or args.new_attributes is None):
+        raise UsageError(f"semantics {cfg.semantics!r}: give --base-attributes and "
+                         "--new-attributes (e.g. the xlsa17 `att` rows of the classes)")
     return cfg
 
 
@@ -162,6 +178,19 @@ def run(args: argparse.Namespace) -> int:
     a_new, new_embedded = load_descriptors(
         check_input_file(args.new_descriptors, "--new-descriptors"))
     new_names = _new_names(args.new_names, new_embedded)
+    at_base = at_new = None
+    if cfg.semantics != "text":
+        at_base, _ = load_descriptors(
+            check_input_file(args.base_attributes, "--base-attributes"))
+        at_new, _ = load_descriptors(check_input_file(args.new_attributes, "--new-attributes"))
+        if at_base.shape[0] != C or at_new.shape[0] != a_new.shape[0]:
+            raise ValueError(
+                f"--base-attributes / --new-attributes: expected {C} and {a_new.shape[0]} rows "
+                f"(one per class, as the descriptors), got {at_base.shape[0]} and "
+                f"{at_new.shape[0]}")
+        if at_new.shape[1] != at_base.shape[1]:
+            raise ValueError(f"--new-attributes: width {at_new.shape[1]} differs from "
+                             f"--base-attributes' {at_base.shape[1]}")
     if a_base.shape[0] != C:
         raise ValueError(
             f"--base-descriptors: {a_base.shape[0]} rows but the classifier has {C} classes; "
@@ -209,20 +238,30 @@ def run(args: argparse.Namespace) -> int:
         a_unseen = torch.cat([a_base[unseen_t], a_new])
     else:
         view, a_unseen = head, a_new
+    at_seen = at_unseen = None
+    if at_base is not None:
+        at_base, at_new = at_base.to(dev), at_new.to(dev)
+        at_seen = at_base[seen_t]
+        at_unseen = torch.cat([at_base[unseen_t], at_new]) if unseen else at_new
     print(f"ICIS: {len(seen)} seen classes -> {len(new_names)} new classes "
           f"(descriptors d_a = {a_base.shape[1]}, {meta['kind']} head, D = {meta['in_features']})")
     extended_view, _, info = icis_extend(view, a_base[seen_t], a_unseen, cfg, return_model=True,
+                                         seen_attributes=at_seen,
+                                         unseen_attributes=at_unseen,
                                          progress=not args.no_progress)
     new_rows = head_targets(extended_view)[-len(new_names):]
     extended = inject(head, new_rows)  # rescaling was already applied by icis_extend
     final_loss = float(info.losses[-1]) if info.epochs_run and len(info.losses) else None
     provenance = {
-        "icis": {**cfg.to_dict(), "epochs_run": info.epochs_run,
+        "icis": {**cfg.to_dict(), "attribute_weight_used": info.attribute_weight,
+                 "epochs_run": info.epochs_run,
                  "stopped_early": info.stopped_early, "final_loss": final_loss,
                  "seconds": round(info.seconds, 3)},
         "base_classifier": {"path": str(args.classifier), "sha256": base_sha},
         "base_descriptors": str(args.base_descriptors),
         "new_descriptors": str(args.new_descriptors),
+        **({"base_attributes": str(args.base_attributes),
+            "new_attributes": str(args.new_attributes)} if at_base is not None else {}),
         "base_provenance": meta.get("provenance", {}),
     }
     save_classifier(out, extended, class_names=list(names) + list(new_names),
