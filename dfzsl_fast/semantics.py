@@ -91,10 +91,13 @@ def _check_part(t: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _unit_rows(t: torch.Tensor, name: str) -> torch.Tensor:
+def _unit_rows(t: torch.Tensor, name: str, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """normalize(t) per row; a zero row (or, with `scale`, one below 1e-6 x scale: rounding
+    left over by centring identical rows) is an error."""
     n = t.norm(dim=1)
-    if bool((n == 0).any()):
-        raise ValueError(f"{name}: row {int((n == 0).nonzero()[0, 0])} is all zero")
+    zero = n == 0 if scale is None else n <= 1e-6 * scale
+    if bool(zero.any()):
+        raise ValueError(f"{name}: row {int(zero.nonzero()[0, 0])} is all zero")
     return F.normalize(t, dim=1)
 
 
@@ -173,13 +176,14 @@ def class_semantics(
         raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
     t = _check_part(text, "text")
     a = _check_part(attributes, "attributes").to(device=t.device, dtype=t.dtype)
+    t_scale, a_scale = t.norm(dim=1).max(), a.norm(dim=1).max()
     if center:
         if t.shape[0] < 2:
             raise ValueError("semantics='combined' with center=True needs at least 2 classes")
         t = t - t.mean(dim=0, keepdim=True)
         a = a - a.mean(dim=0, keepdim=True)
-    t = _unit_rows(t, "text (centred)" if center else "text")
-    a = _unit_rows(a, "attributes (centred)" if center else "attributes")
+    t = _unit_rows(t, "text (centred)" if center else "text", t_scale)
+    a = _unit_rows(a, "attributes (centred)" if center else "attributes", a_scale)
     return torch.cat([t, float(weight) * a], dim=1) / math.sqrt(1.0 + float(weight) ** 2)
 
 
