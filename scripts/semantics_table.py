@@ -48,7 +48,10 @@ SEMANTICS = ("text", "attributes", "combined")
 def build(dataset: str, kind: str, seed: int, attr_share: float):
     """(world, names, text features given to the methods (C, D), attributes (C, K))."""
     template, names, unseen = _split_for(dataset)
-    split = load_att_splits(shared_data_dir() / "xlsa17" / dataset)
+    root = shared_data_dir()
+    if root is None:
+        raise SystemExit("needs the xlsa17 attributes: ../shared/data or $DFZSL_SHARED_DATA")
+    split = load_att_splits(root / "xlsa17" / dataset)
     if split.clean_names() != names:
         raise SystemExit("class order of the world and of the attributes differ")
     att = split.attributes.float()
