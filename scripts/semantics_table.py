@@ -83,6 +83,10 @@ def main() -> None:
                     help="visual world: attributes' share of the image-side semantics")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--no-dfzsl", action="store_true", help="ICIS only")
+    ap.add_argument("--all-epochs", action="store_true",
+                    help="DFZSL: train the final classifier for all its epochs "
+                    "(classifier.select_epochs=false; the held-out choice may keep the starts, "
+                    "and then the generator, hence the semantics, has no effect)")
     ap.add_argument("--json", default=None, help="write all scores here")
     a = ap.parse_args()
 
@@ -115,6 +119,9 @@ def main() -> None:
         if a.no_dfzsl:
             continue
         base = demo_config(a.dataset, seed=seed)
+        if a.all_epochs:
+            base = dataclasses.replace(
+                base, classifier=dataclasses.replace(base.classifier, select_epochs=False))
         for sem in SEMANTICS:
             cfg = dataclasses.replace(
                 base, generator=dataclasses.replace(base.generator, semantics=sem))
@@ -123,7 +130,8 @@ def main() -> None:
                                                  text_features=T, class_attributes=att)
             w = res.classifier.metadata.get("generator_semantics", {}).get("attribute_weight")
             row("DFZSL", sem, res.classifier,
-                f"({time.perf_counter() - t1:.0f} s{f', weight {w:g}' if w else ''}"
+                f"({time.perf_counter() - t1:.0f} s, {res.classifier.metadata['selection']}"
+                f"{f', weight {w:g}' if w else ''}"
                 f"{', FELL BACK to zero-shot' if res.fell_back else ''})")
     print("\nmean over seeds", a.seeds)
     for method in ("zs", "ICIS", "DFZSL"):
