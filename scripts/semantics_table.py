@@ -115,7 +115,8 @@ def main() -> None:
             lin = icis_linear(head, T[seen], T[unseen], seed=seed, seen_attributes=att[seen],
                               unseen_attributes=att[unseen], semantics=sem)
             row("ICIS", sem, ExtendedClassifier(lin.rows[inv], names, seen, center=lin.center),
-                f"(lambda {lin.text_map.lam:g})")
+                f"(lambda {lin.text_map.lam:g}"
+                f"{'' if lin.attribute_weight is None else f', weight {lin.attribute_weight:g}'})")
         if a.no_dfzsl:
             continue
         base = demo_config(a.dataset, seed=seed)

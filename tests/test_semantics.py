@@ -270,6 +270,7 @@ def test_icis_linear_combined_uses_what_the_attributes_add():
         assert lin.rows.shape == (rows.shape[0], text.shape[1])
         target = F.normalize(rows[C_s:] - (rows[C_s:] @ lin.center)[:, None] * lin.center, dim=1)
         cos[sem] = float(F.cosine_similarity(lin.rows[C_s:], target, dim=1).mean())
+        assert (lin.attribute_weight in ATTRIBUTE_WEIGHTS) == (sem == "combined")
     assert cos["combined"] > cos["text"] + 0.02
     assert cos["combined"] > cos["attributes"]
 

@@ -566,11 +566,13 @@ class LinearInjection:
         rows: (C_s + C_u, D) unit rows: the head's rows (centred), then the injected ones.
         center: (D,) the frame's centre, to project out of inputs (`ExtendedClassifier`).
         text_map: the fitted map (its lambda and held-out cosines).
+        attribute_weight: the "combined" attribute weight used (None for other semantics).
     """
 
     rows: torch.Tensor
     center: torch.Tensor
     text_map: object
+    attribute_weight: float | None = None
 
 
 def icis_linear(
@@ -681,13 +683,17 @@ def icis_linear(
                 cand = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
                 score = max(cand.val_cos.values(), default=0.0)
                 if best is None or score > best[0]:
-                    best = (score, S, cand)
-            _, S, tm = best
+                    best = (score, S, cand, float(w))
+            _, S, tm, weight = best
         else:
-            S, prior = fused(float(attribute_weight))
+            weight = float(attribute_weight)
+            S, prior = fused(weight)
             tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
     if semantics == "attributes":
         tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
     new = F.normalize(project_out(tm.apply(S[C_s:]), c), dim=1)
-    return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
+    if semantics == "attributes":
+        weight = None
+    return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm,
+                           attribute_weight=weight)
 
