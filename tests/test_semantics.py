@@ -411,3 +411,39 @@ def test_generator_semantics_without_attributes_fails_before_any_work(monkeypatc
     with pytest.raises(ValueError, match=r"class_attributes: expected \(9, K\)"):
         DFZSL(_tiny_config(semantics="combined"), progress=False).fit(
             W, NAMES, SEEN, text_features=text, class_attributes=att[:8])
+
+
+# ------------------------------------------------------------------------------------------
+# dfzsl-fast inject
+# ------------------------------------------------------------------------------------------
+
+
+def test_cli_inject_with_combined_semantics(tmp_path, capsys):
+    import numpy as np
+
+    from dfzsl_fast import cli
+    from dfzsl_fast.io import load_classifier, save_classifier
+
+    text, att, head = _icis_inputs()
+    names = [f"class{i}" for i in range(C_S + C_U)]
+    clf = save_classifier(tmp_path / "base.safetensors", head, class_names=names[:C_S])
+    for name, t in (("t_base", text[:C_S]), ("t_new", text[C_S:]), ("a_base", att[:C_S]),
+                    ("a_new", att[C_S:])):
+        np.save(tmp_path / f"{name}.npy", t.numpy())
+    common = ["inject", "--classifier", clf, "--base-descriptors", tmp_path / "t_base.npy",
+              "--new-descriptors", tmp_path / "t_new.npy", "--new-names", *names[C_S:],
+              "--epochs", "2", "--hidden", "8", "--batch-size", "4", "--no-progress"]
+    out = tmp_path / "ext.safetensors"
+    # a semantics that needs attributes, without them: a usage error, nothing written
+    rc = cli.main([str(a) for a in common + ["--semantics", "combined", "--out", out]])
+    assert rc == 2 and "--base-attributes" in capsys.readouterr().err and not out.exists()
+    rc = cli.main([str(a) for a in common + [
+        "--semantics", "combined", "--base-attributes", tmp_path / "a_base.npy",
+        "--new-attributes", tmp_path / "a_new.npy", "--out", out]])
+    assert rc == 0, capsys.readouterr().err
+    ext, meta = load_classifier(out)
+    assert ext.num_classes == C_S + C_U and torch.equal(ext.weight[:C_S], head.weight)
+    icis = meta["provenance"]["icis"]
+    assert icis["semantics"] == "combined"
+    assert icis["attribute_weight_used"] in ATTRIBUTE_WEIGHTS
+    assert meta["provenance"]["new_attributes"].endswith("a_new.npy")
