@@ -149,7 +149,7 @@ def test_coop_and_coop_with_ship(tower):
     from dfzsl_fast.ops.cosine import cosine_cross_entropy
 
     def base_loss(head):
-        return float(cosine_cross_entropy(x, head.weight, y, 100.0))
+        return float(cosine_cross_entropy(x, head.weight.detach(), y, 100.0))
 
     zs = CoOpConfig(epochs=1, lr=1e-12)  # (almost) no step: the init prompts
     start = base_loss(train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, zs, progress=False))
