@@ -89,3 +89,22 @@ def triton_test_setup(module: str):
         ),
     ]
     return device, mod, marks
+
+
+def tiny_open_clip_tower(output_dim: int = 16):
+    """A random-weight open_clip text tower of width 32, one layer, with the given output dim
+    (fast on a CPU), as an `OpenCLIPTextTower`; skips the calling test without open_clip."""
+    import pytest
+
+    open_clip = pytest.importorskip("open_clip")
+    from .text.towers import OpenCLIPTextTower
+
+    torch.manual_seed(0)
+    model = open_clip.create_model(
+        "ViT-B-32", pretrained=None, embed_dim=output_dim,
+        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                    "head_width": 16},
+        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
+                  "layers": 1},
+    ).eval()
+    return OpenCLIPTextTower(model)

@@ -22,13 +22,7 @@ from dfzsl_fast.semantics import (
     select_attribute_weight,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny shapes (tests/conftest.py)
 
 
 def _parts(C=12, D=16, K=7, seed=0, dtype=torch.float32):

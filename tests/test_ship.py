@@ -19,18 +19,9 @@ TEMPLATE = "a photo of a {}."
 
 @pytest.fixture(scope="module")
 def tower():
-    open_clip = pytest.importorskip("open_clip")
-    from dfzsl_fast.text.towers import OpenCLIPTextTower
+    from dfzsl_fast.testing import tiny_open_clip_tower
 
-    torch.manual_seed(0)
-    model = open_clip.create_model(
-        "ViT-B-32", pretrained=None, embed_dim=D,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                    "head_width": 16},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                  "layers": 1},
-    ).eval()
-    return OpenCLIPTextTower(model)
+    return tiny_open_clip_tower(D)
 
 
 def _cfg(**kw):

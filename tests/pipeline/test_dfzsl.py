@@ -169,18 +169,9 @@ def test_config_type_checked():
 
 def _tiny_tower():
     """A random-weight open_clip text tower of width 32 with output width D (fast on a CPU)."""
-    open_clip = pytest.importorskip("open_clip")
-    from dfzsl_fast.text.towers import OpenCLIPTextTower
+    from dfzsl_fast.testing import tiny_open_clip_tower
 
-    torch.manual_seed(0)
-    model = open_clip.create_model(
-        "ViT-B-32", pretrained=None, embed_dim=D,
-        vision_cfg={"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                    "head_width": 16},
-        text_cfg={"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2,
-                  "layers": 1},
-    ).eval()
-    return OpenCLIPTextTower(model)
+    return tiny_open_clip_tower(D)
 
 
 def test_with_an_open_clip_tower_prompt_tuning_runs():
