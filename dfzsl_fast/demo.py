@@ -217,12 +217,16 @@ def run_demo(
             ship = train_ship(xv, yv, names, tower, cfg.template, cfg.ship, progress=progress)
             ship_gen = SHIPGenerator(ship, ship_prompts(tower, cfg.template, names, cfg.ship))
             emb = res.text_features
+        # in the pipeline's frame: centred unless the config keeps the published one
+        from .nn import text_center
+
+        center = text_center(res.text_features) if cfg.classifier.frame == "centred" else None
         coop = train_coop(xv, yv, names, tower, cfg.template, seen_l, unseen_l, cfg.coop,
-                          progress=progress)
+                          center=center, progress=progress)
         s_coop = score("coop", coop)
         coop_ship = train_coop(xv, yv, names, tower, cfg.template, seen_l, unseen_l, cfg.coop,
                                generator=ship_gen, class_embeddings=emb,
-                               synth_seed=seed, progress=progress)
+                               synth_seed=seed, center=center, progress=progress)
         s_coop_ship = score("coop_ship", coop_ship)
         t_coop = time.perf_counter() - t0
 

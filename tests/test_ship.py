@@ -159,6 +159,16 @@ def test_coop_and_coop_with_ship(tower):
         torch.isin(coop.predict(xs), new).float().mean()
     s, _ = evaluate_head(with_ship, x, y, seen, unseen)
     assert 0 <= s["gzsl"]["S"] <= 1
+    # the centred frame: the same direction out of features and prompts; an ExtendedClassifier
+    from dfzsl_fast.nn import ExtendedClassifier, project_out, text_center
+
+    c = text_center(text)
+    centred = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, center=c,
+                         progress=False)
+    assert isinstance(centred, ExtendedClassifier)
+    assert float((centred.weight @ c).abs().max()) < 1e-5  # prompts carry no centre
+    logits = F.normalize(project_out(F.normalize(x, dim=1), c), dim=1) @ centred.weight.T
+    assert torch.equal(centred.predict(x), logits.argmax(1))
     # one fresh draw per step (SHIP's recipe) runs too
     fresh = CoOpConfig(epochs=1, batch_size=64, synthetic_pool=None)
     train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, fresh, generator=gen,

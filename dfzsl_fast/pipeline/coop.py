@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from .._checks import check_class_indices, check_matrix
 from ..config import CoOpConfig
 from ..hashing import seeded_generator
-from ..nn import CosineClassifier
+from ..nn import CosineClassifier, ExtendedClassifier, project_out
 from ..ops.cosine import cosine_cross_entropy
 from ._progress import Progress
 
@@ -44,8 +44,9 @@ def train_coop(
     generator=None,
     class_embeddings: torch.Tensor | None = None,
     synth_seed: int = 0,
+    center: torch.Tensor | None = None,
     progress: bool = True,
-) -> CosineClassifier:
+):
     """Tune the class prompts' context on base (+ synthetic new-class) features.
 
     Args:
@@ -59,10 +60,16 @@ def train_coop(
             (plain CoOp).
         class_embeddings: (C, A) what `generator` is conditioned on (SHIP: the text features).
         synth_seed: the synthetic rows' seed.
+        center: (D,) unit direction projected out of features and prompt features alike (the
+            pipeline's centred frame, `nn.text_center` of the class text features), or None
+            (SHIP's raw frame). Why: virtual base features come from a teacher that is blind
+            to what all classes share, so they carry none of the large component every CLIP
+            text feature shares; in the raw frame the context must first learn to remove it.
         progress: progress bar over epochs.
 
     Returns:
-        `CosineClassifier` (C rows: normalize(tower(ctx, class)), scale ``config.scale``).
+        `CosineClassifier` (C rows: normalize(tower(ctx, class)), scale ``config.scale``), or
+        with ``center`` an `ExtendedClassifier` that centres its inputs the same way.
     """
     cfg = CoOpConfig() if config is None else config
     x_all = F.normalize(check_matrix(features, "features", "(N, D)").float(), dim=1)
@@ -95,7 +102,9 @@ def train_coop(
         init = torch.empty(cfg.n_ctx, tower.width).normal_(
             0, 0.02, generator=seeded_generator(cfg.seed, 3))
     ctx = torch.nn.Parameter(init.to(device).clone())
-    x_all, y_all = x_all.to(device), labels.to(device)
+    if center is not None:
+        center = F.normalize(center.detach().float().to(device), dim=0)
+    x_all, y_all = project_out(x_all.to(device), center), labels.to(device)
 
     pool_x = pool_y = None
     if generator is not None:
@@ -104,7 +113,8 @@ def train_coop(
 
         pool_x, pool_y = generate_all(generator, class_embeddings, unseen, n_new,
                                       seed=synth_seed)
-        pool_x, pool_y = F.normalize(pool_x.float(), dim=1).to(device), pool_y.to(device)
+        pool_x = project_out(F.normalize(pool_x.float(), dim=1).to(device), center)
+        pool_y = pool_y.to(device)
 
     N = x_all.shape[0]
     steps_per_epoch = math.ceil(N / cfg.batch_size)
@@ -129,12 +139,13 @@ def train_coop(
                         rows = torch.arange(fresh, fresh + b) // unseen.numel()
                         fresh += b
                         xs = generator.generate(class_embeddings, cls, rows, seed=synth_seed)
-                        xs, ys = F.normalize(xs.float(), dim=1).to(device), cls.to(device)
+                        xs = project_out(F.normalize(xs.float(), dim=1).to(device), center)
+                        ys = cls.to(device)
                     else:
                         j = torch.randint(0, pool_x.shape[0], (b,), generator=gen).to(device)
                         xs, ys = pool_x[j], pool_y[j]
                     xb, yb = torch.cat([xb, xs]), torch.cat([yb, ys])
-                w = prompts(ctx)  # (C, D): every class prompt, with the graph to ctx
+                w = project_out(prompts(ctx), center)  # (C, D) all class prompts, graph to ctx
                 loss = cosine_cross_entropy(xb, w, yb, cfg.scale)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -143,7 +154,11 @@ def train_coop(
                 run += float(loss.detach())
             bar.update(loss=run / steps_per_epoch)
     with torch.no_grad():
-        w = F.normalize(prompts(ctx.detach()), dim=1)
-    head = CosineClassifier(w, cfg.scale)
+        w = F.normalize(project_out(prompts(ctx.detach()), center), dim=1)
+    if center is None:
+        head = CosineClassifier(w, cfg.scale)
+    else:
+        head = ExtendedClassifier(w, list(class_names), seen, scale=cfg.scale, center=center,
+                                  metadata={"method": "CoOp (centred frame)"})
     head.ctx = ctx.detach()
     return head
