@@ -106,3 +106,20 @@ def test_load_run_config_presets_and_overrides():
         load_run_config("NOPE")
     with pytest.raises(UsageError, match="classifier.epochs"):
         load_run_config("awa2", ["classifier.epochs=\"x\""])
+
+
+def test_run_with_class_attributes(files, capsys):
+    """--attributes feeds generator.semantics=attributes|combined (semantics.py); without it a
+    non-text semantics fails before any work."""
+    att = torch.rand(C_ALL, 5, generator=torch.Generator().manual_seed(3))
+    np.save(files / "att.npy", att.numpy())
+    sets = ["--set", "generator.kind=tfvaegan", "--set", "generator.epochs=1", "--set",
+            "generator.hidden=32", "--set", "generator.critic_iters=1", "--set",
+            "generator.semantics=combined"]
+    out = files / "att_run"
+    assert main(_args(files, out) + sets + ["--attributes", str(files / "att.npy")]) == 0
+    assert json.loads((out / "config.json").read_text())["generator"]["semantics"] == "combined"
+    capsys.readouterr()
+    assert main(_args(files, files / "no_att") + sets) != 0
+    assert "class_attributes" in capsys.readouterr().err
+    assert not (files / "no_att").exists()

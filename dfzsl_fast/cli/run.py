@@ -87,6 +87,9 @@ def add(sub: Any) -> None:
                    help="the offline MiniLM tower (only for 384-d toy classifiers)")
     p.add_argument("--test-features", default=None,
                    help="labelled test features (.npz/.pt/.safetensors) to report S/U/H")
+    p.add_argument("--attributes", default=None, metavar="FILE",
+                   help="(C_all, K) class attributes, one row per class in --class-names order "
+                   "(e.g. xlsa17 `att`), for --set generator.semantics=attributes|combined")
     p.add_argument("--out", default=None,
                    help="run folder (default: runs/run-<YYYYmmdd-HHMMSS>)")
     p.add_argument("--profile", default=None, choices=["fast", "published"],
@@ -264,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
                            reuse_flag="--resume to continue it, or --overwrite")
 
     from ..evaluation import labels_in_class_space
-    from ..io import load_features, load_names
+    from ..io import load_descriptors, load_features, load_names
     from ..pipeline.dfzsl import DFZSL
 
     names = load_names(check_input_file(args.class_names, "--class-names"))
@@ -277,7 +280,11 @@ def run(args: argparse.Namespace) -> int:
         test = (ff.features.to(torch.float32), y)
     pipe = DFZSL(cfg, cache_dir=out / "cache", device=device,
                  progress=not args.no_progress and rank == 0)
-    pipe.check_inputs(weight, names, seen, tower, text_features)
+    attributes = None
+    if args.attributes:
+        attributes, _ = load_descriptors(check_input_file(args.attributes, "--attributes"))
+    pipe.check_inputs(weight, names, seen, tower, text_features, attributes)
+    args._attributes = attributes
     if isinstance(getattr(cfg, "profile", None), str):
         args.profile = cfg.profile  # what the config says it is (a file's own profile)
     if rank == 0:
@@ -309,7 +316,8 @@ def _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features
     barrier()
     if rank != 0:  # the other ranks take part in the data-parallel steps, write nothing
         pipe.progress = False
-        pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features)
+        pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features,
+                 class_attributes=args._attributes)
         return 0
     if world > 1:
         print(f"dfzsl-fast run: {world} processes (torch.distributed), rank 0 writes", flush=True)
@@ -334,6 +342,7 @@ def _fit_and_report(args, cfg, pipe, out: Path, names, weight, seen, tower, text
     save_json(out / "config.json", data)
     t0 = time.perf_counter()
     res = pipe.fit(weight, names, seen, text_tower=tower, text_features=text_features,
+                   class_attributes=args._attributes,
                    eval_data=test)
     save_classifier(out / "classifier.safetensors", res.classifier,
                     metadata={"command": " ".join(sys.argv)})
