@@ -37,6 +37,19 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(scope="module")
+def cwd_in_tmp(tmp_path_factory):
+    """A module run in a temporary working folder: commands without --out write
+    runs/<command>-<time>/ under the current folder; keep that out of the repository. Use with
+    ``pytestmark = pytest.mark.usefixtures("cwd_in_tmp")``."""
+    import os
+
+    old = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))
+    yield
+    os.chdir(old)
+
+
 @pytest.fixture()
 def one_thread():
     """One intra-op thread for small problems (extra threads only add contention on the shared

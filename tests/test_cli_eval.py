@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,16 +17,7 @@ from dfzsl_fast.io import load_classifier, save_classifier, save_features
 from dfzsl_fast.metrics import base_to_new_scores, gzsl_scores, per_class_accuracy
 from dfzsl_fast.nn import CosineClassifier
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cwd_in_tmp(tmp_path_factory):
-    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
-    out of the repository."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    yield
-    os.chdir(old)
-
+pytestmark = pytest.mark.usefixtures("cwd_in_tmp")
 
 NAMES = ["ant", "bee", "cow", "dog", "elk", "fly"]
 SEEN, UNSEEN = [0, 1, 2, 3], [4, 5]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -15,17 +14,7 @@ from dfzsl_fast.cli.run import load_run_config
 from dfzsl_fast.evaluation import validate_results
 
 C_ALL, C_S, D = 8, 5, 16
-pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _cwd_in_tmp(tmp_path_factory):
-    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
-    out of the repository."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    yield
-    os.chdir(old)
+pytestmark = pytest.mark.usefixtures("cwd_in_tmp", "one_thread")
 
 
 @pytest.fixture()

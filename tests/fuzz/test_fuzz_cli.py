@@ -33,18 +33,7 @@ from dfzsl_fast.evaluation import validate_results  # noqa: E402
 from dfzsl_fast.io import load_classifier, save_classifier, save_features  # noqa: E402
 from dfzsl_fast.nn import CosineClassifier  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _cwd_in_tmp(tmp_path_factory):
-    """Commands without --out write runs/<command>-<time>/ under the current folder: keep that
-    out of the repository."""
-    old = os.getcwd()
-    os.chdir(tmp_path_factory.mktemp("cwd"))
-    yield
-    os.chdir(old)
-
-
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = pytest.mark.usefixtures("cwd_in_tmp", "one_thread")
 
 ERROR_LINE = re.compile(r"^dfzsl-fast( [a-z-]+)?: error: \S")
 COMMANDS = ["info", "configs", "sample", "evaluate", "inject", "run", "demo", "extract-features"]
