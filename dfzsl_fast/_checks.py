@@ -99,3 +99,23 @@ def check_class_indices(v: Any, name: str, C: int) -> torch.Tensor:
     if t.unique().numel() != t.numel():
         raise ValueError(f"{name}: contains duplicate class indices")
     return t
+
+
+def check_index_vector(t: Any, name: str, n: int | None, high: int) -> torch.Tensor:
+    """(n,) int64 tensor of indices in [0, high) from a 1-D integer tensor or list/tuple/range
+    (the row and class ids of synthesis); TypeError / ValueError naming ``name``. ``n``: the
+    required length (None: any)."""
+    if isinstance(t, (list, tuple, range)):
+        t = torch.as_tensor(list(t), dtype=torch.int64)
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or \
+            t.is_complex() or t.dtype == torch.bool or t.device.type == "meta":
+        what = type(t).__name__ if not isinstance(t, torch.Tensor) else \
+            f"{t.dtype} tensor of shape {tuple(t.shape)}"
+        raise TypeError(f"{name}: expected a 1-D integer tensor, got {what}")
+    if n is not None and t.numel() != n:
+        raise ValueError(f"{name}: expected {n} entries (one per row), got {t.numel()}")
+    t = t.to(torch.int64)
+    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
+        raise ValueError(f"{name}: values must lie in [0, {high}), got range "
+                         f"[{int(t.min())}, {int(t.max())}]")
+    return t

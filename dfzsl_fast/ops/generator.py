@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 from .. import _backend, _load  # noqa: F401  (_load fills the backend table)
-from .._checks import check_seed
+from .._checks import check_index_vector, check_seed
 from ..reference import generator as ref
 from ..reference.philox import MAX_INDEX
 from . import _library  # noqa: F401  (defines the schema)
@@ -123,21 +123,6 @@ def epilogue_dtype(compute_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
 
 
-def _index_vector(t, name: str, n: int | None, high: int, device) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name}: expected a 1-D integer tensor, got {type(t).__name__}")
-    if t.dim() != 1 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name}: expected a 1-D integer tensor, got {t.dtype} of shape "
-                        f"{tuple(t.shape)}")
-    if n is not None and t.numel() != n:
-        raise ValueError(f"{name}: expected {n} entries (one per row), got {t.numel()}")
-    t = t.to(device=device, dtype=torch.int64)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
-        raise ValueError(f"{name}: values must lie in [0, {high}), got range "
-                         f"[{int(t.min())}, {int(t.max())}]")
-    return t.contiguous()
-
-
 _COND_TILE = 256
 
 
@@ -206,8 +191,9 @@ def tfvaegan_synthesize(
     if out_dtype not in OUT_DTYPES:
         raise TypeError(f"out_dtype: expected one of {OUT_DTYPES}, got {out_dtype}")
     C = embeddings.shape[0]
-    cls = _index_vector(class_ids, "class_ids", None, min(C, MAX_INDEX), dev)
-    rows = _index_vector(row_ids, "row_ids", cls.numel(), MAX_INDEX, dev)
+    cls = check_index_vector(class_ids, "class_ids", None, min(C, MAX_INDEX))
+    rows = check_index_vector(row_ids, "row_ids", cls.numel(), MAX_INDEX)
+    cls, rows = cls.to(dev).contiguous(), rows.to(dev).contiguous()
     uniq, inv = torch.unique(cls, return_inverse=True)
     emb = embeddings.detach().to(device=dev, dtype=edt)[uniq]
     if not bool(torch.isfinite(emb).all()):

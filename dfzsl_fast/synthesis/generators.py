@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_seed
+from .._checks import check_index_vector, check_seed
 from ..hashing import fingerprint, sha256_text
 from ..reference.philox import MAX_INDEX
 
@@ -34,23 +34,6 @@ __all__ = ["FeatureGenerator", "TFVAEGANGenerator", "VMFGenerator", "SHIPGenerat
 
 #: Output dtypes every generator supports (the stored formats of feature shards).
 OUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _ids(t: Any, name: str, n: int | None, high: int) -> torch.Tensor:
-    if isinstance(t, (list, tuple, range)):
-        t = torch.as_tensor(list(t), dtype=torch.int64)
-    if not isinstance(t, torch.Tensor) or t.dim() != 1 or t.is_floating_point() or \
-            t.is_complex() or t.dtype == torch.bool or t.device.type == "meta":
-        what = type(t).__name__ if not isinstance(t, torch.Tensor) else \
-            f"{t.dtype} tensor of shape {tuple(t.shape)}"
-        raise TypeError(f"{name}: expected a 1-D integer tensor, got {what}")
-    if n is not None and t.numel() != n:
-        raise ValueError(f"{name}: expected {n} entries (one per row), got {t.numel()}")
-    t = t.to(torch.int64)
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) >= high):
-        raise ValueError(f"{name}: values must lie in [0, {high}), got range "
-                         f"[{int(t.min())}, {int(t.max())}]")
-    return t
 
 
 class FeatureGenerator(abc.ABC):
@@ -95,8 +78,8 @@ class FeatureGenerator(abc.ABC):
         if e.shape[1] != self.embed_dim:
             raise ValueError(f"class_embeddings: width {e.shape[1]} does not match the "
                              f"generator's embedding width {self.embed_dim}")
-        cls = _ids(class_ids, "class_ids", None, min(e.shape[0], MAX_INDEX))
-        rows = _ids(row_ids, "row_ids", cls.numel(), MAX_INDEX)
+        cls = check_index_vector(class_ids, "class_ids", None, min(e.shape[0], MAX_INDEX))
+        rows = check_index_vector(row_ids, "row_ids", cls.numel(), MAX_INDEX)
         seed = check_seed(seed)
         if out_dtype not in OUT_DTYPES:
             raise TypeError(f"out_dtype: expected one of {OUT_DTYPES}, got {out_dtype}")
