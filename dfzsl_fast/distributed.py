@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["init_from_env", "rank_world", "barrier", "all_reduce_sum", "broadcast_object", "group"]
+__all__ = ["init_from_env", "shutdown", "rank_world", "barrier", "all_reduce_sum",
+           "broadcast_object", "group"]
 
 
 def group() -> Any | None:
@@ -34,7 +35,7 @@ def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
 
     gloo on CPU; nccl on CUDA, where a bare "cuda" becomes cuda:LOCAL_RANK (one GPU per
     process). Returns (device, whether the group was initialised here: the caller then
-    destroys it with `torch.distributed.destroy_process_group()` when done).
+    ends it with `shutdown()` when done).
     """
     import torch.distributed as dist
 
@@ -48,6 +49,22 @@ def init_from_env(device: torch.device) -> tuple[torch.device, bool]:
     else:
         dist.init_process_group("gloo")
     return device, True
+
+
+def shutdown(*, sync: bool = True) -> None:
+    """Destroy the process group (no-op without one).
+
+    With `sync` the ranks first meet at a barrier: gloo aborts a process ("terminate called
+    without an active exception") when it tears its pairs down while a peer is still using
+    them, e.g. rank 0 still saving while rank 1 exits. Pass sync=False on an error path, where
+    the other ranks may never arrive.
+    """
+    dist = group()
+    if dist is None:
+        return
+    if sync:
+        barrier()
+    dist.destroy_process_group()
 
 
 def barrier() -> None:

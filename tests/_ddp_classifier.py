@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from dfzsl_fast.config import ClassifierConfig
+from dfzsl_fast.distributed import shutdown
 from dfzsl_fast.pipeline.classifier import train_final_classifier
 from dfzsl_fast.synthesis import TensorRows
 
@@ -35,4 +36,4 @@ if __name__ == "__main__":
     w = train(rows=dist.get_rank() % 2 == 0)  # ranks may mix sources: same rows
     if dist.get_rank() == 0:
         torch.save(w, sys.argv[1])
-    dist.destroy_process_group()
+    shutdown()

@@ -61,13 +61,14 @@ def test_torchrun_folders_are_byte_identical(inputs, n):
 
 _READ = """
 import sys, torch, torch.distributed as dist
+from dfzsl_fast.distributed import shutdown
 from dfzsl_fast.synthesis import FeatureShards
 dist.init_process_group("gloo")
 ds = FeatureShards(sys.argv[1], batch_size=32, shuffle=True, seed=1)
 ds.set_epoch(3)
 x = torch.cat([b[0] for b in ds]); y = torch.cat([b[1] for b in ds])
 torch.save({"x": x, "y": y, "shards": ds.shards_for_rank()}, f"{sys.argv[2]}-{dist.get_rank()}.pt")
-dist.destroy_process_group()
+shutdown()
 """
 
 

@@ -253,7 +253,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..distributed import broadcast_object, init_from_env, rank_world
+    from ..distributed import broadcast_object, init_from_env, rank_world, shutdown
 
     # under torchrun: every rank runs stages 1-3 (deterministic, the same results) and trains
     # its share of each classifier batch (data parallel); rank 0 alone writes the run folder
@@ -296,14 +296,14 @@ def run(args: argparse.Namespace) -> int:
         for warning in _config.preset_mismatch(cfg, names, len(seen)):
             print(f"warning: {warning}", flush=True)
 
+    rc = None  # an exception ends the group without waiting for ranks that may never arrive
     try:
-        return _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features,
-                            test, rank, world)
+        rc = _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features,
+                          test, rank, world)
+        return rc
     finally:
         if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+            shutdown(sync=rc is not None)
 
 
 def _fit_on_rank(args, cfg, pipe, out, names, weight, seen, tower, text_features, test, rank,

@@ -143,10 +143,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..distributed import init_from_env
+    from ..distributed import init_from_env, shutdown
     from ..synthesis import TFVAEGANGenerator, VMFGenerator, synthesize_to
 
     device, started = init_from_env(device)
+    rc = 1  # anything but a finished run ends the group without waiting for the other ranks
     try:
         if args.kind == "vmf":
             gen = VMFGenerator(args.kappa, emb.shape[1], device=device)
@@ -168,16 +169,16 @@ def run(args: argparse.Namespace) -> int:
                 raise
             print(f"dfzsl-fast synthesize: interrupted; the finished shards in {out} are kept: "
                   f"rerun the same command to resume", file=sys.stderr, flush=True)
-            return 130
+            rc = 130
+            return rc
         if rank == 0:
             n = len(classes) * args.num_per_class
             dt = time.perf_counter() - t0
             print(f"wrote {n:,} rows ({len(classes)} classes x {args.num_per_class}, "
                   f"{args.dtype}) as {-(-n // args.shard_rows)} shards in {out} "
                   f"({dt:.1f} s, {n / max(dt, 1e-9):,.0f} rows/s)")
+        rc = 0
     finally:
         if started:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
-    return 0
+            shutdown(sync=rc == 0)
+    return rc
