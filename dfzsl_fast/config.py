@@ -107,7 +107,8 @@ def _check_semantics(obj: Any) -> None:
     w = obj.attribute_weight
     if w is not None and (isinstance(w, bool) or not isinstance(w, (int, float))
                           or not math.isfinite(w) or w < 0):
-        raise ValueError(f"{kind}.attribute_weight: None or a finite number >= 0, got {w!r}")
+        raise ValueError(f"{kind}.attribute_weight: None or a finite number >= 0, got {w!r} "
+                         "(for the attributes alone: semantics='attributes')")
 
 
 def _nonneg(obj: Any, *names: str) -> None:
@@ -307,6 +308,7 @@ class CoOpConfig:
 
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
+    class_specific: bool = False
     lr: float = 2e-3
     epochs: int = 10
     batch_size: int = 256

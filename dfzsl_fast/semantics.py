@@ -62,13 +62,16 @@ __all__ = [
     "class_semantics",
     "check_semantics_inputs",
     "select_attribute_weight",
+    "weight_for_json",
 ]
 
 #: The modes of `class_semantics`.
 SEMANTICS = ("text", "attributes", "combined")
 
-#: Candidate attribute weights w of the "combined" mode (energy ratio w^2 from 1/16 to 16).
-ATTRIBUTE_WEIGHTS = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Candidate attribute weights w of the "combined" mode (energy ratio w^2 from 1/16 to 16),
+#: and its two ends: 0 (the centred text alone) and inf (the centred attributes alone), so the
+#: held-out selection can also decide that one part adds nothing.
+ATTRIBUTE_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, math.inf)
 
 
 def _check_mode(mode: Any) -> str:
@@ -145,8 +148,8 @@ def class_semantics(
         text: (C, D) float class text features (any norm), or None when `mode` does not use it.
         attributes: (C, K) float class attributes (any norm), or None when not used.
         mode: "text" | "attributes" | "combined".
-        weight: w >= 0, the attribute part's weight in "combined" (1: equal energy); ignored
-            by the other modes.
+        weight: w >= 0, the attribute part's weight in "combined" (1: equal energy; 0: the
+            centred text alone; inf: the centred attributes alone); ignored by the other modes.
         center: centre each part over the C classes before normalising ("combined" only; the
             single modes return the normalised input unchanged, as the pipeline always did).
 
@@ -157,7 +160,7 @@ def class_semantics(
     Raises:
         ValueError: unknown mode, a missing input the mode needs, different row counts, NaN or
             Inf, an all-zero row (after centring: two identical classes in a part), a weight
-            that is negative or not finite.
+            that is negative or NaN.
         TypeError: an input that is not a 2-D float tensor.
 
     Differentiable: yes (plain torch ops).
@@ -172,8 +175,9 @@ def class_semantics(
     if mode == "attributes":
         return _unit_rows(_check_part(attributes, "attributes"), "attributes")
     if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (
-            math.isfinite(weight) and weight >= 0):
-        raise ValueError(f"weight: expected a finite number >= 0, got {weight!r}")
+            weight >= 0):  # NaN fails this too
+        raise ValueError(f"weight: expected a number >= 0 (inf: the attributes alone), got "
+                         f"{weight!r}")
     t = _check_part(text, "text")
     a = _check_part(attributes, "attributes").to(device=t.device, dtype=t.dtype)
     t_scale, a_scale = t.norm(dim=1).max(), a.norm(dim=1).max()
@@ -184,7 +188,14 @@ def class_semantics(
         a = a - a.mean(dim=0, keepdim=True)
     t = _unit_rows(t, "text (centred)" if center else "text", t_scale)
     a = _unit_rows(a, "attributes (centred)" if center else "attributes", a_scale)
+    if math.isinf(weight):  # the limit of the weighted mean: the attribute part alone
+        return torch.cat([torch.zeros_like(t), a], dim=1)
     return torch.cat([t, float(weight) * a], dim=1) / math.sqrt(1.0 + float(weight) ** 2)
+
+
+def weight_for_json(weight: float | None) -> float | str | None:
+    """An attribute weight as JSON can hold it: inf (the attributes alone) as "inf"."""
+    return "inf" if weight is not None and math.isinf(weight) else weight
 
 
 def _ridge_cv_cos(S: torch.Tensor, Y: torch.Tensor, folds: list[torch.Tensor], lam: float) -> float:

@@ -61,6 +61,21 @@ def test_combined_is_centred_weighted_concatenated_and_unit(w):
                                                                    dtype=torch.float64))
 
 
+def test_combined_ends_are_each_centred_part_alone():
+    """w = 0 is the centred text alone and w = inf the centred attributes alone (the limit of
+    the weighted mean), both in the (C, D + K) layout, so the selection can pick either."""
+    text, att = _parts(dtype=torch.float64)
+    t = F.normalize(text - text.mean(0), dim=1)
+    a = F.normalize(att - att.mean(0), dim=1)
+    zeros_a, zeros_t = torch.zeros(12, 7, dtype=torch.float64), torch.zeros_like(t)
+    assert torch.equal(class_semantics(text, att, "combined", weight=0.0),
+                       torch.cat([t, zeros_a], dim=1))
+    assert torch.equal(class_semantics(text, att, "combined", weight=math.inf),
+                       torch.cat([zeros_t, a], dim=1))
+    torch.testing.assert_close(class_semantics(text, att, "combined", weight=1e8)[:, 16:], a)
+    assert 0.0 in ATTRIBUTE_WEIGHTS and math.inf in ATTRIBUTE_WEIGHTS
+
+
 def test_combined_centring_removes_the_shared_component():
     text, att = _parts(dtype=torch.float64)
     s = class_semantics(text, att, "combined", weight=1.0)
@@ -167,7 +182,7 @@ def test_config_fields_defaults_and_validation():
         with pytest.raises(ValueError, match=f"{cls.__name__}.attribute_weight"):
             cls(attribute_weight=-0.5)
         with pytest.raises(ValueError, match=f"{cls.__name__}.attribute_weight"):
-            cls(attribute_weight=float("inf"))
+            cls(attribute_weight=float("inf"))  # a config is JSON: semantics="attributes"
     with pytest.raises(ValueError, match="needs kind='tfvaegan'"):
         GeneratorConfig(kind="vmf", semantics="combined")
     # the fit_icis keywords stay those it knows
@@ -267,6 +282,11 @@ def test_icis_linear_combined_uses_what_the_attributes_add():
         assert (lin.attribute_weight in ATTRIBUTE_WEIGHTS) == (sem == "combined")
     assert cos["combined"] > cos["text"] + 0.02
     assert cos["combined"] > cos["attributes"]
+    # the selection's two ends are usable maps too (w = inf: no text block to map back)
+    for w in (0.0, math.inf):
+        lin = icis_linear(head, text[:C_s], text[C_s:], semantics="combined",
+                          attribute_weight=w, **kw)
+        assert lin.attribute_weight == w and bool(torch.isfinite(lin.rows).all())
 
 
 def test_icis_linear_default_unchanged():

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     from ..io import load_classifier, load_descriptors, save_classifier, sha256_file
     from ..nn import CosineClassifier
     from ..pipeline.icis import head_targets, icis_extend, inject
+    from ..semantics import weight_for_json
 
     # every option, then every input, before any work or output
     cfg = icis_config(args)
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
     extended = inject(head, new_rows)  # rescaling was already applied by icis_extend
     final_loss = float(info.losses[-1]) if info.epochs_run and len(info.losses) else None
     provenance = {
-        "icis": {**cfg.to_dict(), "attribute_weight_used": info.attribute_weight,
+        "icis": {**cfg.to_dict(), "attribute_weight_used": weight_for_json(info.attribute_weight),
                  "epochs_run": info.epochs_run,
                  "stopped_early": info.stopped_early, "final_loss": final_loss,
                  "seconds": round(info.seconds, 3)},

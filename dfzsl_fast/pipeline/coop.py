@@ -101,7 +101,10 @@ def train_coop(
     else:
         init = torch.empty(cfg.n_ctx, tower.width).normal_(
             0, 0.02, generator=seeded_generator(cfg.seed, 3))
+    if cfg.class_specific:  # CoOp's class-specific context (CSC): one context per class
+        init = init.unsqueeze(0).repeat(C, 1, 1)
     ctx = torch.nn.Parameter(init.to(device).clone())
+    every = torch.arange(C, device=device) if cfg.class_specific else None
     if center is not None:
         center = F.normalize(center.detach().float().to(device), dim=0)
     x_all, y_all = project_out(x_all.to(device), center), labels.to(device)
@@ -145,7 +148,7 @@ def train_coop(
                         j = torch.randint(0, pool_x.shape[0], (b,), generator=gen).to(device)
                         xs, ys = pool_x[j], pool_y[j]
                     xb, yb = torch.cat([xb, xs]), torch.cat([yb, ys])
-                w = project_out(prompts(ctx), center)  # (C, D) all class prompts, graph to ctx
+                w = project_out(prompts(ctx, every), center)  # (C, D) all prompts, graph to ctx
                 loss = cosine_cross_entropy(xb, w, yb, cfg.scale)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -154,7 +157,7 @@ def train_coop(
                 run += float(loss.detach())
             bar.update(loss=run / steps_per_epoch)
     with torch.no_grad():
-        w = F.normalize(project_out(prompts(ctx.detach()), center), dim=1)
+        w = F.normalize(project_out(prompts(ctx.detach(), every), center), dim=1)
     if center is None:
         head = CosineClassifier(w, cfg.scale)
     else:

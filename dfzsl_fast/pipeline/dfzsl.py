@@ -614,8 +614,10 @@ class DFZSL:
             "teacher_weight": tw if center is not None else None,
         }
         if gcfg.semantics != "text":
+            from ..semantics import weight_for_json
+
             meta["generator_semantics"] = {"semantics": gcfg.semantics,
-                                           "attribute_weight": sem_weight}
+                                           "attribute_weight": weight_for_json(sem_weight)}
         clf = ExtendedClassifier(project_out(head.weight.detach(), center), names, seen,
                                  scale=ccfg.scale,
                                  shift=shift, center=center, metadata=meta, backend=self.backend)

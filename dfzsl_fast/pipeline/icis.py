@@ -671,8 +671,10 @@ def icis_linear(
         def fused(w: float) -> tuple[torch.Tensor, torch.Tensor]:
             S = class_semantics(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]), "combined",
                                 weight=w)
-            # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text
-            prior = torch.cat([math.sqrt(1.0 + w * w) * torch.eye(D, dtype=torch.float64),
+            # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text;
+            # at w = inf there is no text block (all zero), so nothing to map back
+            back = math.sqrt(1.0 + w * w) if math.isfinite(w) else 0.0
+            prior = torch.cat([back * torch.eye(D, dtype=torch.float64),
                                torch.zeros(K, D, dtype=torch.float64)])
             return S, prior
 
