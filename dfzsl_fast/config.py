@@ -304,20 +304,39 @@ class CoOpConfig:
     200 epochs over 16 shots per class; on virtual features (data-free, thousands of rows) far
     fewer passes do (the defaults here, ours). ``synthetic_pool`` rows per new class are drawn
     from the generator once (``None``: SHIP's fresh rows every step, costly through a tower).
+
+    Ours, for the data-free GZSL setting: ``class_specific`` (CoOp's class-specific context,
+    CSC: one context per class, the new classes' fitted to their synthetic rows); ``select``:
+    the learning rate among ``lr_candidates`` (``lr`` when empty) and a calibrated-stacking
+    offset on the base-class logits (the head's ``seen_offset``) are chosen on a pseudo task of
+    held-out **base** classes (`pipeline/coop.py`), never on new classes or test data.
     """
 
     n_ctx: int = 4
     ctx_init: str | None = "a photo of a"
-    class_specific: bool = False
+    class_specific: bool = True
     lr: float = 2e-3
-    epochs: int = 10
+    lr_candidates: tuple[float, ...] = (0.05, 0.5)
+    epochs: int = 4
     batch_size: int = 256
     scale: float = 100.0
     synthetic_pool: int | None = 400
+    select: bool = True
+    holdout: float = 0.2
     seed: int = 0
 
     def __post_init__(self) -> None:
         _positive(self, "n_ctx", "lr", "epochs", "batch_size", "scale", "synthetic_pool")
+        if not isinstance(self.lr_candidates, (list, tuple)):
+            raise TypeError("CoOpConfig.lr_candidates: a list of learning rates (empty: lr), "
+                            f"got {self.lr_candidates!r}")
+        self.lr_candidates = tuple(self.lr_candidates)
+        for v in self.lr_candidates:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
+                    v > 0 and math.isfinite(v)):
+                raise ValueError(f"CoOpConfig.lr_candidates: positive numbers, got {v!r}")
+        if not (isinstance(self.holdout, (int, float)) and 0 < self.holdout < 1):
+            raise ValueError(f"CoOpConfig.holdout: a fraction in (0, 1), got {self.holdout!r}")
 
 
 @dataclass

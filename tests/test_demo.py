@@ -70,6 +70,7 @@ def test_demo_with_ship_and_coop_runs(tmp_path):
     cfg.ship.gen_hidden = 256
     cfg.coop.epochs = 1
     cfg.coop.synthetic_pool = 20
+    cfg.coop.lr_candidates = (0.5,)
     cfg.classifier.epochs = 2
     s = run_demo("APY", seed=0, out_dir=tmp_path, config=cfg, with_icis=False,
                  icis_published=False, progress=False, plots=False,

@@ -136,13 +136,15 @@ def test_coop_and_coop_with_ship(tower):
 
     x, y, text = _data(tower)
     seen, unseen = [0, 1, 2, 3], [4, 5]
-    cfg = CoOpConfig(epochs=4, batch_size=32, lr=2e-3, synthetic_pool=20)
+    cfg = CoOpConfig(epochs=4, batch_size=32, lr=2e-3, synthetic_pool=20, class_specific=False,
+                     select=False, lr_candidates=())
     from dfzsl_fast.ops.cosine import cosine_cross_entropy
 
     def base_loss(head):
         return float(cosine_cross_entropy(x, head.weight.detach(), y, 100.0))
 
-    zs = CoOpConfig(epochs=1, lr=1e-12)  # (almost) no step: the init prompts
+    zs = CoOpConfig(epochs=1, lr=1e-12, lr_candidates=(), select=False,
+                    class_specific=False)  # (almost) no step: the init prompts
     start = base_loss(train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, zs, progress=False))
     coop = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, progress=False)
     assert coop.weight.shape == (6, D) and base_loss(coop) < start - 0.01
@@ -170,9 +172,62 @@ def test_coop_and_coop_with_ship(tower):
     logits = F.normalize(project_out(F.normalize(x, dim=1), c), dim=1) @ centred.weight.T
     assert torch.equal(centred.predict(x), logits.argmax(1))
     # one fresh draw per step (SHIP's recipe) runs too
-    fresh = CoOpConfig(epochs=1, batch_size=64, synthetic_pool=None)
+    fresh = CoOpConfig(epochs=1, batch_size=64, synthetic_pool=None, select=False)
     train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, fresh, generator=gen,
                class_embeddings=text, progress=False)
+
+
+class _Recording(SHIPGenerator):
+    """SHIP's generator, recording which classes it is asked for, in order."""
+
+    asked: list
+
+    def generate(self, E, class_ids, row_ids, **kw):
+        self.asked.append(sorted(set(class_ids.tolist())))
+        return super().generate(E, class_ids, row_ids, **kw)
+
+
+def test_coop_class_specific_and_selection_on_held_out_base_classes(tower):
+    from dfzsl_fast.config import CoOpConfig
+    from dfzsl_fast.pipeline.coop import OFFSETS, train_coop
+
+    x, y, text = _data(tower)
+    seen, unseen = [0, 1, 2, 3], [4, 5]
+    ship = train_ship(x, y, NAMES, tower, TEMPLATE, _cfg(), progress=False)
+    gen = _Recording(ship, ship_prompts(tower, TEMPLATE, NAMES, _cfg()))
+    gen.asked = []
+    cfg = CoOpConfig(epochs=2, batch_size=32, synthetic_pool=10, lr_candidates=(1e-3, 0.5),
+                     holdout=0.25)
+    head = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, generator=gen,
+                      class_embeddings=text, progress=False)
+    assert head.ctx.shape == (6, cfg.n_ctx, tower.width)  # one context per class (CSC)
+    meta = head.metadata
+    assert meta["lr"] in cfg.lr_candidates and head.seen_offset in OFFSETS
+    assert meta["seen_offset"] == head.seen_offset and "held-out base" in meta["selection"]
+    # the pseudo tasks (one per learning rate) draw synthetic rows of one held-out BASE class
+    # only; the real new classes are asked for once, by the final fit
+    assert len(gen.asked) == 3 and gen.asked[-1] == unseen
+    assert all(len(a) == 1 and a[0] in seen for a in gen.asked[:2])
+    # the offset is part of the head: base logits lowered by it
+    logits = head(x)
+    plain = 100.0 * F.normalize(x, dim=1) @ head.weight.T
+    plain[:, seen] -= head.seen_offset
+    torch.testing.assert_close(logits, plain, atol=1e-4, rtol=1e-5)
+    # deterministic
+    again = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen, cfg, generator=gen,
+                       class_embeddings=text, progress=False)
+    assert torch.equal(again.weight, head.weight) and again.seen_offset == head.seen_offset
+    # shared context when asked; bad candidates named
+    shared = train_coop(x, y, NAMES, tower, TEMPLATE, seen, unseen,
+                        CoOpConfig(epochs=1, batch_size=64, class_specific=False, select=False),
+                        progress=False)
+    assert shared.ctx.shape == (cfg.n_ctx, tower.width) and shared.seen_offset == 0.0
+    with pytest.raises(ValueError, match="lr_candidates"):
+        CoOpConfig(lr_candidates=(0.1, -1.0))
+    with pytest.raises(TypeError, match="lr_candidates"):
+        CoOpConfig(lr_candidates=0.1)
+    with pytest.raises(ValueError, match="holdout"):
+        CoOpConfig(holdout=1.0)
     with pytest.raises(ValueError, match="base-class"):
         train_coop(x, y + 2, NAMES, tower, TEMPLATE, seen, unseen, cfg, progress=False)
     with pytest.raises(ValueError, match="class_embeddings"):

@@ -7,7 +7,8 @@ Layout (see ``shared/docs/ecosystem.md`` section 4):
   ``input_center`` (D,);
 - safetensors metadata ``format = "dfzsl_fast.classifier/v1"`` and one key ``dfzsl_fast``
   holding a JSON object: ``kind`` ("cosine" or "linear"), ``num_classes``, ``in_features``,
-  ``scale`` / ``eps`` / ``learnable`` (cosine), ``has_bias`` (linear), ``class_names``,
+  ``scale`` / ``eps`` / ``learnable`` (cosine), ``seen_offset`` (an ExtendedClassifier's
+  calibrated stacking, when non-zero), ``has_bias`` (linear), ``class_names``,
   ``seen_classes``, ``unseen_classes``, ``n_base`` (when the seen classes are rows
   ``0 .. n_base-1``) and ``provenance`` (dfzsl_fast, torch and Python versions, UTC creation
   time, plus whatever the caller passed: config, CLIP model, weights sha256, ...).
@@ -133,7 +134,10 @@ def save_classifier(
         metadata = {**head.metadata, **dict(metadata or {})}
         class_names, seen_classes = head.class_names, head.seen_classes
         input_shift, input_center = head.shift, head.center
+        seen_offset = head.seen_offset
         head = head.as_cosine()
+    else:
+        seen_offset = 0.0
     if class_names is None:
         raise TypeError("`class_names`: required (one name per row of head.weight)")
     if isinstance(head, CosineClassifier):
@@ -204,6 +208,8 @@ def save_classifier(
         if not math.isfinite(float(head.scale)) or not math.isfinite(float(head.eps)):
             raise ValueError(f"`head.scale`: expected a finite scale, got {float(head.scale)}")
         meta.update(scale=float(head.scale), eps=float(head.eps), learnable=bool(head.learnable))
+        if seen_offset:  # an ExtendedClassifier's calibrated stacking
+            meta["seen_offset"] = seen_offset
     else:
         meta.update(has_bias=bias is not None)
     meta["provenance"] = to_jsonable(provenance(**dict(metadata or {})), "metadata")
@@ -275,8 +281,9 @@ def load_classifier(
             raise ValueError(f"{p}: metadata `scale` {scale!r} overflows the weight's {w.dtype}")
         shift = tensors.get("input_shift")
         center = tensors.get("input_center")
+        offset = _meta_number(meta, "seen_offset", 0.0, p)
         try:
-            if shift is not None or center is not None:
+            if shift is not None or center is not None or offset:
                 # a pipeline product: cosine head on the centred normalize(x) + shift
                 for name, v in (("input_shift", shift), ("input_center", center)):
                     if v is None:
@@ -286,7 +293,7 @@ def load_classifier(
                                          f"{tuple(v.shape)} {v.dtype}")
                     check_finite(v, f"`{name}`")
                 head = ExtendedClassifier(w, names, seen, scale=scale, shift=shift,
-                                          center=center, metadata=prov)
+                                          center=center, metadata=prov, seen_offset=offset)
             else:
                 head = CosineClassifier(
                     w, scale, learnable=_meta_bool(meta, "learnable", True, p),

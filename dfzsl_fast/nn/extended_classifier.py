@@ -26,6 +26,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -71,7 +72,8 @@ def project_out(x: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
 
 
 class ExtendedClassifier(nn.Module):
-    """logits = scale * cos(normalize(x) + shift, weight) over C_all = C_s + C_u classes.
+    """logits = scale * cos(normalize(x) + shift, weight) - seen_offset * [c is a base class]
+    over C_all = C_s + C_u classes.
 
     Args:
         weight: (C_all, D) float prototypes (any row norm).
@@ -83,6 +85,10 @@ class ExtendedClassifier(nn.Module):
             here; the rows of ``weight`` should already be orthogonal to it).
         metadata: JSON-compatible provenance (config, text tower, timings, ...).
         backend: backend of the fused cosine ops.
+        seen_offset: a finite number subtracted from every base-class logit (calibrated
+            stacking, Chao et al. 2016: a head whose new-class prototypes were fitted to
+            synthetic features under-scores real new-class images; 0: none). Whoever sets it
+            must choose it without test data (CoOp + SHIP: on held-out base classes).
     """
 
     def __init__(
@@ -96,6 +102,7 @@ class ExtendedClassifier(nn.Module):
         center: torch.Tensor | None = None,
         metadata: dict[str, Any] | None = None,
         backend: str | None = None,
+        seen_offset: float = 0.0,
     ) -> None:
         super().__init__()
         if (not isinstance(weight, torch.Tensor) or weight.dim() != 2
@@ -124,6 +131,10 @@ class ExtendedClassifier(nn.Module):
                 raise ValueError("center: expected a finite, non-zero vector")
             center = center / center.norm()
         self.register_buffer("center", center)
+        if isinstance(seen_offset, bool) or not isinstance(seen_offset, (int, float)) or \
+                not math.isfinite(seen_offset):
+            raise ValueError(f"seen_offset: expected a finite number, got {seen_offset!r}")
+        self.seen_offset = float(seen_offset)
         self.scale = float(scale)
         self.class_names = names
         self.seen_classes = torch.sort(seen).values
@@ -145,6 +156,7 @@ class ExtendedClassifier(nn.Module):
             f"({self.seen_classes.numel()} base + {self.unseen_classes.numel()} new), "
             f"scale={self.scale}, shift={'yes' if self.shift is not None else 'no'}, "
             f"centred={'yes' if self.center is not None else 'no'}"
+            + (f", seen_offset={self.seen_offset:g}" if self.seen_offset else "")
         )
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,11 +170,17 @@ class ExtendedClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) raw features -> (N, C_all) logits."""
-        return _ops.cosine_logits(self.prepare(x), self.weight, self.scale, backend=self.backend)
+        logits = _ops.cosine_logits(self.prepare(x), self.weight, self.scale,
+                                    backend=self.backend)
+        if self.seen_offset:
+            logits = logits.index_add(
+                1, self.seen_classes.to(logits.device),
+                logits.new_full((logits.shape[0], self.seen_classes.numel()), -self.seen_offset))
+        return logits
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor, chunk: int = 65536) -> torch.Tensor:
-        """(N,) int64 argmax class indices (plain argmax: no calibration, as published)."""
+        """(N,) int64 argmax class indices of the logits (with ``seen_offset`` when set)."""
         out = [self(x[s : s + chunk]).argmax(1) for s in range(0, x.shape[0], chunk)]
         return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 

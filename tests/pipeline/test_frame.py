@@ -59,6 +59,27 @@ def test_center_saved_and_loaded(tmp_path):
         ExtendedClassifier(text, [f"c{i}" for i in range(12)], [0], center=torch.zeros(24))
 
 
+@pytest.mark.parametrize("centred", [False, True])
+def test_seen_offset_lowers_base_logits_and_round_trips(tmp_path, centred):
+    text, _, x, _ = _shared_world()
+    names, seen = [f"c{i}" for i in range(12)], [1, 4, 5, 9]
+    c = text_center(text) if centred else None
+    P = F.normalize(project_out(text, c), dim=1)
+    plain = ExtendedClassifier(P, names, seen, center=c)
+    calib = ExtendedClassifier(P, names, seen, center=c, seen_offset=2.5)
+    want = plain(x).double()
+    want[:, seen] -= 2.5
+    torch.testing.assert_close(calib(x).double(), want)  # new-class logits untouched
+    assert torch.equal(calib.predict(x), want.argmax(1))
+    save_classifier(tmp_path / "h.safetensors", calib)
+    back = load_extended(tmp_path / "h.safetensors")
+    assert back.seen_offset == 2.5 and torch.equal(back(x), calib(x))
+    for bad in (float("nan"), float("inf"), True, "1"):
+        with pytest.raises(ValueError, match="seen_offset"):
+            ExtendedClassifier(P, names, seen, seen_offset=bad)
+    assert calib(x[:0]).shape == (0, 12)
+
+
 def test_prototype_start():
     text, own, _, _ = _shared_world()
     seen = torch.arange(6)
