@@ -209,12 +209,13 @@ class GeneratorConfig:
     (class, row) counters, bitwise the same rows every epoch). The three train the same
     classifier for the same rows (disk: to the rounding of ``shard_dtype``).
 
-    ``semantics`` (ours, issue 12, CFZSL) is what the TF-VAEGAN is conditioned on:
+    ``semantics`` (ours, issue 12, CFZSL) is what the TF-VAEGAN is conditioned on and, in the
+    centred frame, what the final classifier's starting prototypes are mapped from:
     ``"text"`` (default, published: the tuned text features), ``"attributes"`` (the class
     attributes given to `DFZSL.fit(class_attributes=...)`) or ``"combined"`` (both, fused by
     `dfzsl_fast.semantics.class_semantics`, the attribute part weighted by
-    ``attribute_weight``; None: chosen on held-out base classes against the fitted vMF means,
-    `semantics.select_attribute_weight`). Only ``kind="tfvaegan"`` has a condition to change.
+    ``attribute_weight``; None: chosen on held-out base classes by the starts' map,
+    `pipeline.text_map.fit_semantic_map`). Only ``kind="tfvaegan"`` has a condition to change.
     """
 
     kind: str = "tfvaegan"

@@ -232,7 +232,7 @@ def run_demo(
                                generator=ship_gen, class_embeddings=emb,
                                synth_seed=seed, center=center, progress=progress)
         s_coop_ship = score("coop_ship", coop_ship)
-        for key, head in (("coop", coop), ("coop_ship", coop_ship)):
+        for key, head in (("zero_shot", zs), ("coop", coop), ("coop_ship", coop_ship)):
             r = evaluate_head(head, x_te, y_te, seen_l, unseen_l, protocol="base2new")[0]
             b2n[key] = {k: r["base2new"][k] for k in ("B", "N", "HM")}
         t_coop = time.perf_counter() - t0

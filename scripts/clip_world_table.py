@@ -53,9 +53,14 @@ def main() -> None:
     ap.add_argument("--cache", default=None, help="DFZSL stage cache folder (reruns reuse stages)")
     ap.add_argument("--icis-published", action="store_true",
                     help="also run the published ICIS autoencoders (slow at 500 classes)")
+    ap.add_argument("--ship", action="store_true",
+                    help="with --text minilm:DATASET (whose text tower is MiniLM itself): also "
+                         "DFZSL with SHIP as its generator, CoOp and CoOp + SHIP (issue 12)")
     a = ap.parse_args()
 
-    unseen_arg = None
+    unseen_arg = template = None
+    if a.ship and not a.text.startswith("minilm:"):
+        ap.error("--ship needs --text minilm:DATASET: the ImageNet head has no text tower here")
     if a.text.startswith("minilm:"):
         from dfzsl_fast.demo import _split_for
         from dfzsl_fast.text.minilm import encode
@@ -143,6 +148,37 @@ def main() -> None:
     print(f"  new-class prototypes on new test images: {cfg.generator.kind} means "
           f"{100 * q['synthesized_means']:.1f}%, text {100 * q['text_features']:.1f}%")
     print(f"  fit {dt:.0f} s: " + ", ".join(f"{k} {v:.0f}s" for k, v in res.timings.items()))
+    if a.ship:
+        ship_rows(a, cfg, world, template, row)
+
+
+def ship_rows(a, cfg, world, template, row) -> None:
+    """DFZSL with SHIP, CoOp and CoOp + SHIP on a MiniLM CLIP-like world: its text features
+    are MiniLM's embeddings of the template prompts, so MiniLM is its text tower."""
+    from dfzsl_fast.nn import text_center
+    from dfzsl_fast.pipeline.coop import train_coop
+    from dfzsl_fast.text.towers import MiniLMTextTower
+
+    tower = MiniLMTextTower()
+    names_w, seen, unseen = world.class_names, world.seen_classes, world.unseen_classes
+    d = cfg.to_dict()
+    d["template"] = template
+    d["generator"]["kind"] = "ship"
+    d["ship"]["epochs"] = 3  # the demo's CPU schedule
+    scfg = DFZSLConfig.from_dict(d)
+    t0 = time.perf_counter()
+    res = DFZSL(scfg, progress=False).fit(world.teacher_weight, names_w, seen, text_tower=tower)
+    row("DFZSL (ship)", res.classifier)
+    xv, yv = res.features["virtual"]
+    gen, emb = res.generator
+    center = text_center(res.text_features)
+    sl, ul = seen.tolist(), unseen.tolist()
+    row("CoOp", train_coop(xv, yv, names_w, tower, template, sl, ul, scfg.coop, center=center,
+                           progress=False))
+    row("CoOp + SHIP", train_coop(xv, yv, names_w, tower, template, sl, ul, scfg.coop,
+                                  generator=gen, class_embeddings=emb, synth_seed=a.seed,
+                                  center=center, progress=False))
+    print(f"  SHIP rows {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Sequence
@@ -453,8 +454,15 @@ class DFZSL:
                                                       seed=cfg.seed)
                 log.info("teacher weight %g chosen on held-out base classes (H %s)", tw,
                          {k: round(v, 3) for k, v in tw_scores.items()})
+        # with attributes (generator.semantics, issue 12) the starts' map reads the combined
+        # semantics ("attributes": that space's attributes-alone end)
+        gsem = cfg.generator.semantics
+        start_att = class_attributes.detach().to(device=T1.device, dtype=T1.dtype) \
+            if gsem != "text" and class_attributes is not None else None
+        start_w = math.inf if gsem == "attributes" else cfg.generator.attribute_weight
         init, text_map = prototype_start(T1, mu, sd, center, ccfg.text_map, tw,
-                                         seed=cfg.seed)
+                                         seed=cfg.seed, attributes=start_att,
+                                         attribute_weight=start_w)
         if text_map is not None:
             log.info("text map: lambda %g chosen on held-out base classes (cosine %s)",
                      text_map.lam, {k: round(v, 3) for k, v in text_map.val_cos.items()})
@@ -477,8 +485,9 @@ class DFZSL:
                        if gcfg.kind == "ship" else None, *sem_key)
         sem_weight = None
         if gcfg.kind == "tfvaegan":  # the generator's class conditions (cheap; semantics.py)
-            gen_cond, sem_weight = _generator_semantics(T1, class_attributes, gcfg, mu, sd,
-                                                        cfg.seed)
+            gen_cond, sem_weight = _generator_semantics(
+                T1, class_attributes, gcfg, mu, sd, cfg.seed,
+                getattr(text_map, "attribute_weight", None))
         syn_seed = mix_seed(gcfg.seed, 1)
 
         def feature_generator():
@@ -661,11 +670,12 @@ class DFZSL:
         )
 
 
-def _generator_semantics(T1, attributes, gcfg, mu, seen, seed):
+def _generator_semantics(T1, attributes, gcfg, mu, seen, seed, chosen=None):
     """The TF-VAEGAN's class conditions (C_all, S) for `gcfg.semantics` (`semantics.py`).
 
-    "text": normalize(T1), as published. "combined" with ``attribute_weight=None``: the weight
-    chosen on held-out base classes, the targets being the fitted vMF means (base only).
+    "text": normalize(T1), as published. "combined" with ``attribute_weight=None``: `chosen`,
+    the weight the starts' map chose on held-out base classes (one choice for both), else one
+    chosen on held-out base classes against the fitted vMF means (published frame: no map).
     Returns (conditions, the attribute weight used or None).
     """
     from ..semantics import class_semantics, select_attribute_weight
@@ -673,7 +683,7 @@ def _generator_semantics(T1, attributes, gcfg, mu, seen, seed):
     if gcfg.semantics == "text":
         return F.normalize(T1, dim=1), None
     a = attributes.detach().to(device=T1.device, dtype=T1.dtype)
-    w = gcfg.attribute_weight
+    w = gcfg.attribute_weight if gcfg.attribute_weight is not None else chosen
     if gcfg.semantics == "combined" and w is None:
         w, scores = select_attribute_weight(T1[seen], a[seen], mu, seed=seed, return_scores=True)
         log.info("generator: attribute weight %g chosen on held-out base classes (cosine %s)",

@@ -52,7 +52,7 @@ from ..nn import project_out, text_center
 from ..ops.vmf import sample_vmf
 from .classifier import train_final_classifier
 from .teacher import Teacher
-from .text_map import TextMap, fit_text_map
+from .text_map import TextMap, fit_semantic_map, fit_text_map
 
 __all__ = [
     "GainEstimate",
@@ -112,7 +112,9 @@ TEACHER_WEIGHTS = (0.5, 1.0, 2.0, 4.0)
 def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
                     center: torch.Tensor | None, use_map: bool = True,
                     teacher_weight: float = 1.0,
-                    seed: int = 0) -> tuple[torch.Tensor, TextMap | None]:
+                    seed: int = 0, attributes: torch.Tensor | None = None,
+                    attribute_weight: float | None = None,
+                    ) -> tuple[torch.Tensor, TextMap | None]:
     """The final classifier's starting prototypes, (C, D) unit rows (one formula, every caller).
 
     Centred frame (all rows orthogonal to ``center``): every class's centred text feature is
@@ -130,6 +132,11 @@ def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
         center: the frame's centre (None: published frame).
         use_map, teacher_weight: see above.
         seed: seeds the map's held-out split.
+        attributes: (C, K) class attributes, or None. Given (with the map, centred frame),
+            the map reads the combined semantics of text and attributes
+            (`text_map.fit_semantic_map`, issue 12) instead of the text alone.
+        attribute_weight: the combined weight (inf: the attributes alone; None: chosen on
+            held-out base classes, the map's ``attribute_weight``).
 
     Returns:
         (prototypes (C, D) float32, the fitted map or None).
@@ -152,7 +159,10 @@ def prototype_start(text: torch.Tensor, mu: torch.Tensor, seen: torch.Tensor,
     sd = seen.to(init.device)
     mu_c = F.normalize(project_out(mu, center), dim=1)
     tm = None
-    if use_map:
+    if use_map and attributes is not None:
+        tm, S = fit_semantic_map(init, attributes, sd, mu_c, weight=attribute_weight, seed=seed)
+        init = F.normalize(project_out(tm.apply(S).float(), center), dim=1)
+    elif use_map:
         tm = fit_text_map(init[sd], mu_c, seed=seed)
         init = F.normalize(project_out(tm.apply(init), center), dim=1)
     if math.isinf(teacher_weight):

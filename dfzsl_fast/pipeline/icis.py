@@ -627,7 +627,7 @@ def icis_linear(
     """
     from ..nn import project_out, text_center
     from ..semantics import check_semantics_inputs
-    from .text_map import fit_text_map
+    from .text_map import fit_semantic_map, fit_text_map
 
     if isinstance(head, nn.Linear) and head.bias is not None:
         raise ValueError("head: icis_linear takes a cosine head (or a Linear without bias); "
@@ -656,7 +656,7 @@ def icis_linear(
         tm = fit_text_map(t_s, w_s, seed=seed)
         new = F.normalize(project_out(tm.apply(t_u), c), dim=1)
         return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm)
-    from ..semantics import ATTRIBUTE_WEIGHTS, class_semantics
+    from ..semantics import class_semantics
 
     at_s = _check_desc(seen_attributes, "seen_attributes").to(W.device, torch.float32)
     at_u = _check_desc(unseen_attributes, "unseen_attributes").to(W.device, torch.float32)
@@ -664,38 +664,16 @@ def icis_linear(
         raise ValueError(f"attributes: expected ({C_s}, K) seen and ({a_u.shape[0]}, K) new "
                          f"rows, got {tuple(at_s.shape)} and {tuple(at_u.shape)}")
     K = at_s.shape[1]
-    if semantics == "attributes":
+    if semantics == "attributes":  # a map towards zero: attributes have no identity
         S = class_semantics(None, torch.cat([at_s, at_u]), "attributes")
-        prior = torch.zeros(K, D, dtype=torch.float64)
-    else:
-        def fused(w: float) -> tuple[torch.Tensor, torch.Tensor]:
-            S = class_semantics(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]), "combined",
-                                weight=w)
-            # the prior maps the text block (scaled by 1 / sqrt(1 + w^2)) back to unit text;
-            # at w = inf there is no text block (all zero), so nothing to map back
-            back = math.sqrt(1.0 + w * w) if math.isfinite(w) else 0.0
-            prior = torch.cat([back * torch.eye(D, dtype=torch.float64),
-                               torch.zeros(K, D, dtype=torch.float64)])
-            return S, prior
-
-        if attribute_weight is None:  # the map's own held-out score on base classes
-            best = None
-            for w in ATTRIBUTE_WEIGHTS:
-                S, prior = fused(float(w))
-                cand = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
-                score = max(cand.val_cos.values(), default=0.0)
-                if best is None or score > best[0]:
-                    best = (score, S, cand, float(w))
-            _, S, tm, weight = best
-        else:
-            weight = float(attribute_weight)
-            S, prior = fused(weight)
-            tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
-    if semantics == "attributes":
-        tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=prior)
-    new = F.normalize(project_out(tm.apply(S[C_s:]), c), dim=1)
-    if semantics == "attributes":
+        tm = fit_text_map(S[:C_s], w_s, seed=seed, prior=torch.zeros(K, D, dtype=torch.float64))
         weight = None
+    else:
+        tm, S = fit_semantic_map(torch.cat([t_s, t_u]), torch.cat([at_s, at_u]),
+                                 torch.arange(C_s, device=W.device), w_s,
+                                 weight=attribute_weight, seed=seed)
+        weight = tm.attribute_weight
+    new = F.normalize(project_out(tm.apply(S[C_s:]), c), dim=1)
     return LinearInjection(rows=torch.cat([w_s, new]), center=c, text_map=tm,
                            attribute_weight=weight)
 

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .._checks import check_matrix
 from ..hashing import seeded_generator
 
-__all__ = ["TextMap", "fit_text_map", "LAMBDAS"]
+__all__ = ["TextMap", "fit_text_map", "fit_semantic_map", "LAMBDAS"]
 
 LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 
@@ -45,6 +45,7 @@ class TextMap:
     A: torch.Tensor
     lam: float
     val_cos: dict[float, float]
+    attribute_weight: float | None = None  # the combined map's (`fit_semantic_map`)
 
     def apply(self, text: torch.Tensor) -> torch.Tensor:
         """(N, D) text features -> (N, D) unit directions normalize(text A), text's dtype."""
@@ -123,3 +124,54 @@ def fit_text_map(
     else:
         best = max(lams)
     return TextMap(A=_solve(X, Y, best, prior), lam=best, val_cos=val)
+
+
+def fit_semantic_map(
+    text: torch.Tensor,
+    attributes: torch.Tensor,
+    seen: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    weight: float | None = None,
+    seed: int = 0,
+) -> tuple[TextMap, torch.Tensor]:
+    """The text map on the combined semantic space (issue 12; `semantics.class_semantics`).
+
+    S = class_semantics(text, attributes, "combined", weight=w) over all C classes, and a map
+    S[seen] -> targets shrunk towards [sqrt(1 + w^2) I; 0]: the text block back to unit text
+    (the identity prior of `fit_text_map`), the attribute block towards zero (attributes have
+    no identity to start from). With ``weight=None``, w is the candidate of
+    `semantics.ATTRIBUTE_WEIGHTS` whose map has the best held-out cosine on base classes (the
+    map's own lam selection), ties to the first.
+
+    Args:
+        text: (C, D) class text features of all classes (centred frame: already projected).
+        attributes: (C, K) their attributes. seen: (C_s,) base class indices.
+        targets: (C_s, D) target directions of the base classes, in ``seen`` order.
+        weight: the attribute weight, or None (chosen as above). seed: the held-out split.
+
+    Returns:
+        (the map with ``attribute_weight`` set, S (C, D + K) to apply it to).
+    """
+    from ..semantics import ATTRIBUTE_WEIGHTS, class_semantics
+
+    D, K = text.shape[1], attributes.shape[1]
+
+    def fused(w: float) -> tuple[torch.Tensor, torch.Tensor]:
+        S = class_semantics(text, attributes.to(text.device, text.dtype), "combined", weight=w)
+        # at w = inf there is no text block (all zero), so nothing to map back
+        back = math.sqrt(1.0 + w * w) if math.isfinite(w) else 0.0
+        prior = torch.cat([back * torch.eye(D, dtype=torch.float64),
+                           torch.zeros(K, D, dtype=torch.float64)])
+        return S, prior
+
+    best = None
+    for w in (ATTRIBUTE_WEIGHTS if weight is None else (weight,)):
+        S, prior = fused(float(w))
+        tm = fit_text_map(S[seen], targets, seed=seed, prior=prior)
+        score = max(tm.val_cos.values(), default=0.0)
+        if best is None or score > best[0]:
+            best = (score, S, tm, float(w))
+    _, S, tm, w = best
+    tm.attribute_weight = w
+    return tm, S
