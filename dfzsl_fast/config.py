@@ -317,7 +317,7 @@ class CoOpConfig:
     ctx_init: str | None = "a photo of a"
     class_specific: bool = True
     lr: float = 2e-3
-    lr_candidates: tuple[float, ...] = (0.05, 0.5)
+    lr_candidates: list[float] = field(default_factory=lambda: [0.05, 0.5])
     epochs: int = 4
     batch_size: int = 256
     scale: float = 100.0
@@ -331,7 +331,7 @@ class CoOpConfig:
         if not isinstance(self.lr_candidates, (list, tuple)):
             raise TypeError("CoOpConfig.lr_candidates: a list of learning rates (empty: lr), "
                             f"got {self.lr_candidates!r}")
-        self.lr_candidates = tuple(self.lr_candidates)
+        self.lr_candidates = list(self.lr_candidates)  # a list, as JSON gives it back
         for v in self.lr_candidates:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (
                     v > 0 and math.isfinite(v)):
