@@ -37,7 +37,10 @@ gradient of the two-layer critic instead of a double backward (`Discriminator.in
 same parameter gradients); real, fake and interpolate share the condition's share of the
 critic's first layer (`Discriminator.critic_terms`); both passes of G in the feedback path share
 their first layer; Adam is the fused kernel; lambda and the loss sums stay on the device, so
-there is one host sync per epoch.
+there is one host sync per epoch. The default ``impl="fast"`` (issue 13) also hands the encoder
+forward of the last critic step, made with its graph, to the generator step (same batch, same
+weights: the reference recomputes identical values) and trains with one intra-op thread on the
+CPU; ``impl="reference"`` is the loop as it was, the oracle of the equivalence tests.
 """
 
 from __future__ import annotations
@@ -360,11 +363,13 @@ def train_generator(
         more epochs than `config.epochs`.
 
     Cost: per epoch 2 x ceil(N / batch) iterations of (critic_iters + 1) steps, about 13 GFLOP
-    per iteration at D = A = Z = 512, H = 1024, critic_iters 5. Measured on the 2-core build
-    CPU, N = 6000 (188 iterations): ~185 ms per iteration with 2 threads on an idle machine
-    (~35 s per epoch, ~70 min for the published 120 epochs), ~270 ms with 1 thread (~51 s per
-    epoch). When other jobs share the cores, 2 intra-op threads were 5-15x slower than that;
-    use torch.set_num_threads(1) there. Published settings are meant for a GPU.
+    per iteration at D = A = Z = 512, H = 1024, critic_iters 5 (1.75 GFLOP at the demo's
+    H = 256, critic_iters 2, of which the encoder is 44%). A batch-64 step is a few dozen small
+    GEMMs: on the CPU it is arithmetic-bound with one thread (~65 GFLOP/s per core) and, with
+    2 threads on cores that other jobs share, bound by the thread pool's fork/join instead
+    (~10x slower). Measured on the 2-core build CPU: benchmarks/RESULTS.md ("TF-VAEGAN training
+    iterations"). Before issue 13, idle machine, N = 6000 (188 iterations): ~185 ms per
+    iteration with 2 threads, ~270 ms with 1 thread. Published settings are meant for a GPU.
 
     Example:
         >>> cfg = GeneratorConfig(epochs=120)
