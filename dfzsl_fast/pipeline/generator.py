@@ -351,7 +351,8 @@ def train_generator(
             job shares the cores, every join waits for a descheduled thread and 2 threads ran
             the demo-width loop 8x slower than 1 (benchmarks/RESULTS.md, issue 13). On a
             dedicated idle machine, 2 threads can be faster at the published width; pass
-            ``num_threads=2`` there. Ignored on other devices.
+            ``num_threads=2`` there. `callback` runs under the same setting. Ignored on other
+            devices.
 
     Returns:
         The trained `TFVAEGAN` (eval mode, on `device`, `model.config = config`); with
