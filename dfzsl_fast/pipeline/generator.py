@@ -37,16 +37,20 @@ gradient of the two-layer critic instead of a double backward (`Discriminator.in
 same parameter gradients); real, fake and interpolate share the condition's share of the
 critic's first layer (`Discriminator.critic_terms`); both passes of G in the feedback path share
 their first layer; Adam is the fused kernel; lambda and the loss sums stay on the device, so
-there is one host sync per epoch.
+there is one host sync per epoch. The default ``impl="fast"`` (issue 13) also hands the encoder
+forward of the last critic step, made with its graph, to the generator step (same batch, same
+weights: the reference recomputes identical values) and trains with one intra-op thread on the
+CPU; ``impl="reference"`` is the loop as it was, the oracle of the equivalence tests.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,7 @@ __all__ = [
 ]
 
 _FEEDBACK_LOOPS = 2  # --feedback_loop 2 (the reference script; not a config field)
+_IMPLS = ("fast", "reference")  # train_generator(impl=...): same algorithm, see its docstring
 _CKPT_FORMAT = "dfzsl_fast.tfvaegan/1"
 # Config fields that may differ between a checkpoint and the run resuming it: `epochs` (to train
 # longer) and the two synthesis-only settings.
@@ -264,6 +269,20 @@ def load_generator(path: str | os.PathLike, device: torch.device | str | None = 
     return model.to(device if device is not None else "cpu").eval()
 
 
+@contextlib.contextmanager
+def _intra_op_threads(n: int | None) -> Iterator[None]:
+    # torch.set_num_threads for the duration of the block, restored after (None: leave it).
+    before = torch.get_num_threads()
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _batch_indices(n: int, b: int, steps: int, gen: torch.Generator) -> torch.Tensor:
     # The reference `next_seen_batch`: every batch is the first b entries of a fresh randperm(n)
     # (no repeats inside a batch, batches independent). Drawn for a whole loop at once on the CPU
@@ -288,6 +307,8 @@ def train_generator(
     callback: Callable[[int, TFVAEGAN, dict[str, float]], None] | None = None,
     device: torch.device | str | None = None,
     return_info: bool = False,
+    impl: str = "fast",
+    num_threads: int | None = None,
 ) -> TFVAEGAN | tuple[TFVAEGAN, GeneratorFitInfo]:
     """Train DFZSL's TF-VAEGAN on (virtual) seen features (method.md 2.5).
 
@@ -316,6 +337,22 @@ def train_generator(
             evaluate, e.g. `synthesize` on held-out classes.
         device: where to train (None: features' device).
         return_info: also return a `GeneratorFitInfo`.
+        impl: ``"fast"`` (default) or ``"reference"``: the same algorithm, losses, update
+            order and random draws (results equal to float rounding; bitwise at equal thread
+            counts, tested). ``"fast"`` gives the generator step the encoder forward of the last
+            critic step instead of recomputing it (same batch, same weights: only the generator
+            step updates E), one encoder forward fewer per iteration; and on the CPU it trains
+            with `num_threads` intra-op threads (default 1, see below). ``"reference"`` is the
+            loop as it was before issue 13, kept as the oracle of the tests and the benchmark
+            baseline; it keeps torch's thread setting unless `num_threads` is given.
+        num_threads: intra-op threads while training on the CPU (torch's setting is restored
+            on return). None: 1 for ``impl="fast"``, unchanged for ``"reference"``. Why 1: a
+            batch-64 step is ~76 small GEMMs, each a fork/join of the thread pool; when another
+            job shares the cores, every join waits for a descheduled thread and 2 threads ran
+            the demo-width loop 8x slower than 1 (benchmarks/RESULTS.md, issue 13). On a
+            dedicated idle machine, 2 threads can be faster at the published width; pass
+            ``num_threads=2`` there. `callback` runs under the same setting. Ignored on other
+            devices.
 
     Returns:
         The trained `TFVAEGAN` (eval mode, on `device`, `model.config = config`); with
@@ -327,11 +364,13 @@ def train_generator(
         more epochs than `config.epochs`.
 
     Cost: per epoch 2 x ceil(N / batch) iterations of (critic_iters + 1) steps, about 13 GFLOP
-    per iteration at D = A = Z = 512, H = 1024, critic_iters 5. Measured on the 2-core build
-    CPU, N = 6000 (188 iterations): ~185 ms per iteration with 2 threads on an idle machine
-    (~35 s per epoch, ~70 min for the published 120 epochs), ~270 ms with 1 thread (~51 s per
-    epoch). When other jobs share the cores, 2 intra-op threads were 5-15x slower than that;
-    use torch.set_num_threads(1) there. Published settings are meant for a GPU.
+    per iteration at D = A = Z = 512, H = 1024, critic_iters 5 (1.75 GFLOP at the demo's
+    H = 256, critic_iters 2, of which the encoder is 44%). A batch-64 step is a few dozen small
+    GEMMs: on the CPU it is arithmetic-bound with one thread (~65 GFLOP/s per core) and, with
+    2 threads on cores that other jobs share, bound by the thread pool's fork/join instead
+    (~10x slower). Measured on the 2-core build CPU: benchmarks/RESULTS.md ("TF-VAEGAN training
+    iterations"). Before issue 13, idle machine, N = 6000 (188 iterations): ~185 ms per
+    iteration with 2 threads, ~270 ms with 1 thread. Published settings are meant for a GPU.
 
     Example:
         >>> cfg = GeneratorConfig(epochs=120)
@@ -342,6 +381,10 @@ def train_generator(
         config = GeneratorConfig()
     if not isinstance(config, GeneratorConfig):
         raise TypeError(f"config: expected a GeneratorConfig, got {type(config).__name__}")
+    if impl not in _IMPLS:
+        raise ValueError(f"impl: expected one of {_IMPLS}, got {impl!r}")
+    if num_threads is not None:
+        num_threads = check_int(num_threads, "num_threads", 1)
     x_in = check_matrix(features, "features", "(N, D)")
     e_in = check_matrix(class_embeddings, "class_embeddings", "(C, A)")
     N, D = x_in.shape
@@ -453,7 +496,14 @@ def train_generator(
     zero = torch.zeros((), dtype=torch.float64, device=device)
     t_start = time.perf_counter()
     total_iters = (epochs - start_epoch) * _FEEDBACK_LOOPS * iters
-    with Progress(total_iters, "dfzsl stage 3: TF-VAEGAN", enabled=progress) as bar:
+    if num_threads is None and impl == "fast":
+        num_threads = 1
+    fast = impl == "fast"
+    threads = num_threads if device.type == "cpu" else None
+    with (
+        _intra_op_threads(threads),
+        Progress(total_iters, "dfzsl stage 3: TF-VAEGAN", enabled=progress) as bar,
+    ):
         for epoch in range(start_epoch, epochs):
             t_epoch = time.perf_counter()
             # Sums over the epoch, kept on the device (no per-step host sync).
@@ -480,8 +530,16 @@ def train_generator(
                         opt_dec.step()
                         # The fake: its gradient is never used by the critic step (the
                         # reference detaches it), so E, G, Dec and F run without a graph.
+                        # impl="fast": the generator step runs E on this same last batch with
+                        # the same weights (only the generator step updates E), so E's
+                        # forward here is made with its graph and handed on (bitwise the
+                        # values the generator step would recompute).
+                        if fast and c == critic_iters - 1:
+                            enc = E(x, a)
+                            mu, logvar = enc[0].detach(), enc[1].detach()
                         with torch.no_grad():
-                            mu, logvar = E(x, a)
+                            if not (fast and c == critic_iters - 1):
+                                mu, logvar = E(x, a)
                             eps = torch.randn(mu.shape, generator=noise_gen, device=device)
                             z = eps * torch.exp(0.5 * logvar) + mu
                             fake = model.generate(z, a, a1) if use_fb else G(z, a)
@@ -510,7 +568,7 @@ def train_generator(
                     opt_e.zero_grad(set_to_none=True)
                     opt_g.zero_grad(set_to_none=True)
                     opt_f.zero_grad(set_to_none=True)
-                    mu, logvar = E(x, a)
+                    mu, logvar = enc if fast else E(x, a)
                     eps = torch.randn(mu.shape, generator=noise_gen, device=device)
                     z = eps * torch.exp(0.5 * logvar) + mu
                     x_hat = model.generate(z, a, a1) if use_fb else G(z, a)

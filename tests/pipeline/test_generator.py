@@ -390,3 +390,79 @@ def test_generalises_to_an_unseen_class(seed):
     xs, ys = synthesize(model, e, [0, 1, 2], 100, seed=1)
     own = (xs * m[ys]).sum(1).mean()
     assert float(own) > 0.8
+
+
+# ------------------------------------------------------------------ fast path (issue 13)
+_EPS32 = torch.finfo(torch.float32).eps
+
+
+def _assert_same_training(fast, ref, info_f, info_r, cfg, n_updates):
+    """Losses and every parameter of two runs equal to float32 rounding.
+
+    Both runs apply the same kernels to the same operands in the same order (the fast path
+    only skips a recomputation of identical values), so they are expected bitwise equal; the
+    bound allows what float32 rounding could still add: each of the `n_updates` Adam steps of
+    a parameter moves it by about lr at most, so its accumulated rounding is at most
+    eps32 * (|p| + n_updates * lr) per element (with a factor 4 of slack); each recorded loss
+    is a float64 mean of float32 values, equal to 8 eps32 relative.
+    """
+    lr = max(cfg.lr, cfg.feedback_lr, cfg.decoder_lr)
+    for k in ("d_cost", "wasserstein", "gp", "g_adv", "vae", "dec_real", "dec_fake", "lambda"):
+        for a, b in zip(info_f.history[k], info_r.history[k], strict=True):
+            assert abs(a - b) <= 8 * _EPS32 * max(abs(a), abs(b), 1e-30), (k, a, b)
+    sf, sr = fast.state_dict(), ref.state_dict()
+    assert sf.keys() == sr.keys()
+    for k in sf:
+        atol = 4 * _EPS32 * (float(sr[k].abs().max()) + n_updates * lr)
+        torch.testing.assert_close(sf[k], sr[k], rtol=0, atol=atol, msg=k)
+
+
+@pytest.mark.parametrize("critic_iters", [1, 2, 3])
+def test_fast_impl_equals_reference(critic_iters):
+    # Both feedback loops (loop 1 runs F), 2 epochs, several critic steps per iteration.
+    x, y, emb = _data()
+    cfg = _cfg(critic_iters=critic_iters)
+    kw = dict(progress=False, return_info=True, num_threads=1)
+    fast, info_f = train_generator(x, y, emb, cfg, impl="fast", **kw)
+    ref, info_r = train_generator(x, y, emb, cfg, impl="reference", **kw)
+    iters = math.ceil(x.shape[0] / cfg.batch_size) * 2 * cfg.epochs
+    _assert_same_training(fast, ref, info_f, info_r, cfg, iters * critic_iters)
+
+
+def test_fast_impl_equals_reference_at_demo_width():
+    # The demo's generator settings (demo.demo_config: hidden 256, critic_iters 2, lr 1e-3,
+    # batch 64) at CLIP width D = A = 512: 2 iterations per loop, 1 epoch.
+    g = torch.Generator().manual_seed(5)
+    C, W = 6, 512
+    emb = torch.randn(C, W, generator=g)
+    y = torch.arange(128) % (C - 1)
+    x = emb[y] + 0.5 * torch.randn(128, W, generator=g)
+    cfg = GeneratorConfig(epochs=1, hidden=256, critic_iters=2, lr=1e-3, batch_size=64, seed=7)
+    kw = dict(progress=False, return_info=True, num_threads=1)
+    fast, info_f = train_generator(x, y, emb, cfg, impl="fast", **kw)
+    ref, info_r = train_generator(x, y, emb, cfg, impl="reference", **kw)
+    _assert_same_training(fast, ref, info_f, info_r, cfg, 2 * 2 * 2)
+
+
+def test_num_threads_is_restored_and_impl_checked():
+    x, y, emb = _data(n=40)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        seen = []
+
+        def threads_now(epoch, model, record):
+            seen.append(torch.get_num_threads())
+
+        train_generator(x, y, emb, _cfg(epochs=1), progress=False, callback=threads_now)
+        assert seen == [1] and torch.get_num_threads() == 2  # fast: 1 thread while training
+        train_generator(
+            x, y, emb, _cfg(epochs=1), progress=False, impl="reference", callback=threads_now
+        )
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # reference: untouched
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="impl"):
+        train_generator(x, y, emb, _cfg(), progress=False, impl="eager")
+    with pytest.raises(ValueError, match="num_threads"):
+        train_generator(x, y, emb, _cfg(), progress=False, num_threads=0)
