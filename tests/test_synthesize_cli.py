@@ -154,7 +154,7 @@ import sys, time
 from dfzsl_fast.synthesis import generators
 real = generators.VMFGenerator._generate
 def slow(self, *a, **k):
-    time.sleep(0.04)
+    time.sleep(0.1)
     return real(self, *a, **k)
 generators.VMFGenerator._generate = slow
 from dfzsl_fast.cli import main
@@ -163,7 +163,8 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _args(path, out):
-    # 24 shards of 100 rows, 4 calls of 25 rows each: about 4 s of (slowed) work
+    # 24 shards of 100 rows, 4 calls of 25 rows each: about 10 s of (slowed) work, so the
+    # signal lands mid-run even when a loaded machine delays the parent's polling by seconds
     return ["synthesize", "--kind", "vmf", "--kappa", "25", "--embeddings", str(path),
             "--num-per-class", "400", "--shard-rows", "100", "--batch-rows", "25", "--seed", "9",
             "--out", str(out), "--no-progress"]
