@@ -233,11 +233,16 @@ def test_fit_fused_matches_composed():
     c32_mu, c32 = _fit(text.float(), teacher.float(), fused=False)
     mu, info = _fit(text.float(), teacher.float(), fused=True)
     assert mu.dtype == torch.float32
+    # budget rule (float32 vs float64 oracle, as above); both paths pass through the same Adam
     for got, comp, want in ((mu, c32_mu, ref_mu), (info.losses, c32.losses, ref.losses)):
         floor = d * U32 * float(want.abs().max())
         assert _err(got, want) <= 2 * _err(comp, want) + floor
+    # float64: each step's gradient within 4 d u of the bound (test_native_matches_composed), and
+    # each of the 4 Adam steps carries that relative error into mu's unit rows. (Not a bound for
+    # an entry whose gradient is tiny next to its own rounding error: Adam divides by sqrt(v);
+    # these inputs have none.)
     mu64, _ = _fit(text, teacher, fused=True)
-    assert _err(mu64, ref_mu) <= 4 * d * U64 * float(ref_mu.abs().max()) * 4  # 4 Adam steps
+    assert _err(mu64, ref_mu) <= 4 * (4 * d * U64)
 
 
 def test_fit_fused_flag_checked():

@@ -2,7 +2,7 @@
 // the loss and its gradient in the mean directions without the (N, d) samples or the (N, C)
 // logits ever existing at full size.
 //
-// What it computes (the composition it replaces, dfzsl_fast/ops/vmf_fit.py: _composed):
+// What it computes (the composition it replaces, dfzsl_fast/ops/vmf_fit.py: composed_vmf_logit_mse):
 //     mh  = normalize(mu) in float64, rounded to mu's dtype     (sample_vmf's mean directions)
 //     x_i ~ vMF(mh_c, kappa_c), i = 0 .. N-1, N = C * nsample, class c = i / nsample (class-major),
 //           row i from the Philox stream (seed, offset + i)        (vmf_rows.h, as vmf_sample)
@@ -36,13 +36,16 @@
 // Layouts: mu, w_teacher (C, d) float32 or float64 (the compute dtype: the GEMMs and samples run in
 // it); kappa (C,) float64. The small (C, d) and (d, d) algebra (normalisations, K, D S, the loss,
 // both normalisation backwards) runs in float64.
-// Threading: the N rows are cut into tiles of R = 256 rows and the tiles into 4 groups per thread
-// of consecutive tiles; the threads (at::parallel_for) claim groups from an atomic counter as
-// they come free. Each thread owns its scratch (a tile X of R x d, R x 128 products); each group its float64
-// accumulators S (d, d) and acc (its classes, d), summed in group order afterwards: the result
-// depends on the thread count, not on scheduling. The per-tile GEMMs are at::mm_out calls
-// (single-threaded inside parallel_for) on 128-column blocks; S takes the upper block triangle of
-// each tile's X^T X, accumulated into float64 per tile so S keeps float64 sums over all N rows.
+// Threading: the N rows are cut into tiles of R = 512 rows and the tiles into 4 groups per thread
+// of consecutive tiles; the threads (at::parallel_for) claim groups from an atomic counter as they
+// come free. Each thread owns its scratch (a tile X of R x d, R x 128 products); each group its
+// accumulators, S (d, d) in the compute dtype (as one GEMM over the group's rows would sum it),
+// s1 and s2 (its classes, d) in float64, summed in group order in float64 afterwards: the result
+// depends on the thread count, not on scheduling. The per-tile GEMMs are ATen calls on 128-column
+// blocks, sequential inside the parallel region. Everything outside it (the (C, d) and (d, d)
+// algebra) runs on the calling thread: a few ms of work whose ~20 ATen ops and 4 GEMMs would
+// otherwise each fork and join the OpenMP team, which costs 50-60 ms apiece when another job
+// keeps the cores busy (measured on the 2-core machine).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -78,8 +81,8 @@ using detail::WoodConstants;
 
 namespace {
 
-// Rows per tile: an X tile of 256 x 512 floats (512 KiB) stays in L2 with the d x d
-// matrix streaming; fewer, larger tiles cost more cache, smaller ones more GEMM calls.
+// Rows per tile: an X tile of 512 x 512 floats (1 MiB); 512 measured 4% faster than 256 (fewer,
+// larger block GEMMs).
 constexpr int64_t kTileRows = 512;
 // Column blocks of the S = X^T X products: only the upper block triangle is computed (10 of 16
 // blocks at d = 512); 128 was the fastest block measured (smaller GEMMs lose efficiency).
@@ -185,10 +188,9 @@ inline void rowdot_any(const double* z, int64_t ldz, const double* x, int64_t ld
 }
 
 
-// Makes MKL run sequentially on this thread while in scope. The tile GEMMs run inside our own
-// parallel region, and torch leaves OpenMP nesting enabled (max-active-levels unlimited), so
-// without this every small GEMM forks its own MKL team: 2 x 2 threads on 2 cores, spinning at
-// each other's barriers (measured: 0.72 s per step at d = 512, C = 500 instead of 0.27 s).
+// Makes MKL run on the calling thread only while in scope: the serial algebra's GEMMs must not
+// fork MKL's team, and the tile GEMMs inside our parallel region must not nest one (torch leaves
+// OpenMP nesting enabled: max-active-levels unlimited).
 struct SequentialBlas {
   int prev = 0;
   SequentialBlas() {
