@@ -17,6 +17,7 @@ from typing import Any
 # public name -> (module, attribute); None: the module itself
 _PUBLIC = {
     "sample_vmf": ("ops.vmf", "sample_vmf"),
+    "vmf_logit_mse": ("ops.vmf_fit", "vmf_logit_mse"),
     "cosine_logits": ("ops.cosine", "cosine_logits"),
     "cosine_cross_entropy": ("ops.cosine", "cosine_cross_entropy"),
     "cosine_topk": ("ops.cosine", "cosine_topk"),

@@ -23,6 +23,7 @@
 #include "dfzsl/vmf.h"
 #include "../vmf_sample_checks.h"
 #include "normals_avx2.h"
+#include "vmf_rows.h"
 
 namespace dfzsl_fast {
 namespace cpu {
@@ -90,15 +91,16 @@ static inline double project_row(const float* g, const scalar_t* mu, int64_t d, 
   return (static_cast<double>(s) + static_cast<double>(t)) / static_cast<double>(r);
 }
 
-// Rows [begin, end) of one call; g is a scratch row of 4 * ceil(d/4) floats.
+// `rows` rows whose first has the random stream `row0` (stream row0 + i for row i); lab, x, w
+// and q point at the first row's entries. g is a scratch row of 4 * ceil(d/4) floats.
 template <typename scalar_t>
 static inline void sample_rows(const scalar_t* mu, const int64_t* lab, const WoodConstants* consts,
-                               uint64_t seed, uint64_t offset, int64_t d, int64_t begin,
-                               int64_t end, float* g, scalar_t* x, double* w, double* q) {
+                               uint64_t seed, uint64_t row0, int64_t d, int64_t rows, float* g,
+                               scalar_t* x, double* w, double* q) {
   const int64_t nblocks = (d + 3) / 4;
-  for (int64_t i = begin; i < end; ++i) {
+  for (int64_t i = 0; i < rows; ++i) {
     const int64_t c = lab[i];
-    const uint64_t row = offset + static_cast<uint64_t>(i);
+    const uint64_t row = row0 + static_cast<uint64_t>(i);
     const detail::WDraw wd = detail::wood_draw_w(consts[c], seed, row);
     fill_direction_normals(seed, row, nblocks, g);
     w[i] = wd.w;
@@ -106,19 +108,22 @@ static inline void sample_rows(const scalar_t* mu, const int64_t* lab, const Woo
   }
 }
 
-// Non-template entry points so that target_clones can compile an AVX2+FMA variant.
+// The row sampler's entry points (declared in vmf_rows.h), also called by the fused stage-1 op
+// (vmf_logit_mse_cpu.cpp): defined once, here, so both ops run the same machine code and draw
+// bitwise the same samples (two copies could differ in FMA contraction, i.e. by an ulp).
+// Non-template so that target_clones can compile an AVX2+FMA variant.
 DFZSL_CPU_CLONES
-static void sample_rows_f32(const float* mu, const int64_t* lab, const WoodConstants* consts,
-                            uint64_t seed, uint64_t offset, int64_t d, int64_t begin, int64_t end,
-                            float* g, float* x, double* w, double* q) {
-  sample_rows<float>(mu, lab, consts, seed, offset, d, begin, end, g, x, w, q);
+void sample_rows_f32(const float* mu, const int64_t* lab, const WoodConstants* consts,
+                     uint64_t seed, uint64_t row0, int64_t d, int64_t rows, float* g, float* x,
+                     double* w, double* q) {
+  sample_rows<float>(mu, lab, consts, seed, row0, d, rows, g, x, w, q);
 }
 
 DFZSL_CPU_CLONES
-static void sample_rows_f64(const double* mu, const int64_t* lab, const WoodConstants* consts,
-                            uint64_t seed, uint64_t offset, int64_t d, int64_t begin, int64_t end,
-                            float* g, double* x, double* w, double* q) {
-  sample_rows<double>(mu, lab, consts, seed, offset, d, begin, end, g, x, w, q);
+void sample_rows_f64(const double* mu, const int64_t* lab, const WoodConstants* consts,
+                     uint64_t seed, uint64_t row0, int64_t d, int64_t rows, float* g, double* x,
+                     double* w, double* q) {
+  sample_rows<double>(mu, lab, consts, seed, row0, d, rows, g, x, w, q);
 }
 
 DFZSL_CPU_CLONES
@@ -127,20 +132,6 @@ static void direction_normals_rows(uint64_t seed, uint64_t offset, int64_t nbloc
   for (int64_t i = begin; i < end; ++i) {
     fill_direction_normals(seed, offset + static_cast<uint64_t>(i), nblocks, g + i * 4 * nblocks);
   }
-}
-
-static inline void sample_rows_dispatch(const float* mu, const int64_t* lab,
-                                        const WoodConstants* consts, uint64_t seed,
-                                        uint64_t offset, int64_t d, int64_t begin, int64_t end,
-                                        float* g, float* x, double* w, double* q) {
-  sample_rows_f32(mu, lab, consts, seed, offset, d, begin, end, g, x, w, q);
-}
-
-static inline void sample_rows_dispatch(const double* mu, const int64_t* lab,
-                                        const WoodConstants* consts, uint64_t seed,
-                                        uint64_t offset, int64_t d, int64_t begin, int64_t end,
-                                        float* g, double* x, double* w, double* q) {
-  sample_rows_f64(mu, lab, consts, seed, offset, d, begin, end, g, x, w, q);
 }
 
 static void check_inputs(const at::Tensor& mu, const at::Tensor& kappa, const at::Tensor& labels) {
@@ -194,8 +185,8 @@ void vmf_sample_out_cpu(const at::Tensor& mu_in, const at::Tensor& kappa_in,
     scalar_t* xp = x.data_ptr<scalar_t>();
     at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
       std::vector<float> g(4 * nblocks);
-      sample_rows_dispatch(mup, lab, consts.data(), useed, uoffset, d, begin, end, g.data(), xp,
-                           wp, qp);
+      sample_rows_any(mup, lab + begin, consts.data(), useed, uoffset + static_cast<uint64_t>(begin),
+                      d, end - begin, g.data(), xp + begin * d, wp + begin, qp + begin);
     });
   });
 }

@@ -27,6 +27,15 @@ VMF_SAMPLE_OUT = (
 LIB.define(VMF_SAMPLE)
 LIB.define(VMF_SAMPLE_OUT)
 
+# The fused stage-1 step (ops/vmf_fit.py): nsample vMF samples per class of mu (class-major, row
+# i from the stream (seed, offset + i)), the cosine-logit MSE against the teacher, and its
+# gradient in mu through both the samples and the student weights -> (loss (), grad_mu (C, d)).
+VMF_LOGIT_MSE = (
+    "vmf_logit_mse(Tensor mu, Tensor kappa, Tensor w_teacher, int nsample, int seed, int offset,"
+    " int mode, float scale_s, float scale_t, float eps) -> (Tensor, Tensor)"
+)
+LIB.define(VMF_LOGIT_MSE)
+
 # ------------------------------------------------------------------------- cosine classifier ops
 # x (N, d), w (C, d): rows normalised as r / max(|r|, eps) (torch.nn.functional.normalize).
 # reduction: 0 none, 1 mean, 2 sum. compute_grad: the forward also returns the gradients of the
@@ -80,6 +89,7 @@ LIB.define(TFVAEGAN_SYNTHESIZE)
 OPS = (
     "vmf_sample",
     "vmf_sample_out",
+    "vmf_logit_mse",
     "cosine_logits",
     "cosine_logits_backward",
     "cosine_cross_entropy",

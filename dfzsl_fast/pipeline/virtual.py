@@ -31,6 +31,7 @@ from ..config import SimulatorConfig, check_count
 from ..hashing import mix_seed
 from ..ops.cosine import cosine_logit_mse
 from ..ops.vmf import sample_vmf
+from ..ops.vmf_fit import vmf_logit_mse
 from ..theory import kappa_from_prototypes
 from ._progress import Progress
 from .teacher import Teacher, as_teacher
@@ -209,6 +210,7 @@ def fit_vmf_means(
     return_info: bool = False,
     progress: bool = True,
     backend: str | None = None,
+    fused: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, VMFFitInfo]:
     """Fit the vMF mean directions of the base classes to a black-box cosine teacher.
 
@@ -218,6 +220,9 @@ def fit_vmf_means(
     and minimises MSE(cos(x, mu), cos(x, W) / T) over all N x C_s entries with the teacher
     logits detached (`dfzsl_fast.cosine_logit_mse`). Optimiser: Adam(lr, betas (0.9, 0.999),
     weight_decay, coupled L2 as torch.optim.Adam) with lr_t = lr * (1 + 0.001 t)^(-0.75).
+    By default (`fused=True`) one call `dfzsl_fast.vmf_logit_mse` gives each step's loss and
+    gradient without materialising the samples or the logits (the same values to float
+    rounding, from the same samples); `fused=False` runs the composed ops and autograd.
 
     Args:
         teacher: a `Teacher`, a (C_s, d) weight tensor or an nn.Linear (see `as_teacher`).
@@ -235,6 +240,8 @@ def fit_vmf_means(
         return_info: also return a `VMFFitInfo` (loss and lr curves, both candidates).
         progress: show a progress bar (tqdm if installed, else lines on stderr).
         backend: backend for the sampler and the fused loss (None: automatic).
+        fused: True (default): `vmf_logit_mse` per step; False: `sample_vmf` +
+            `cosine_logit_mse` + backward (the composed path; same results to rounding).
 
     Returns:
         mu: (C_s, d) unit rows, detached, in text_features' dtype (float32 for half inputs) and
@@ -258,6 +265,8 @@ def fit_vmf_means(
     lr_power = _check_pos(lr_power, "lr_power", allow_zero=True)
     if select not in ("final", "best"):
         raise ValueError(f"select: expected 'final' or 'best', got {select!r}")
+    if not isinstance(fused, bool):
+        raise TypeError(f"fused: expected True or False, got {type(fused).__name__}")
     if seed is None:
         seed = int(torch.randint(0, 2**62, ()).item())
     elif isinstance(seed, bool) or not isinstance(seed, int):
@@ -289,21 +298,31 @@ def fit_vmf_means(
     t0 = time.perf_counter()
     with Progress(steps, "dfzsl stage 1: fit vMF means", enabled=progress) as bar:
         for step in range(steps):
-            x, _ = sample_vmf(
-                mu,
-                k,
-                n_per_class=nsample,
-                seed=seed,
-                offset=step * rows,
-                wood_b=wood_b,
-                backend=backend,
-                check_inputs=False,  # mu: this loop's parameter, checked before the loop
-            )
-            # unit samples and unit means: no per-step NaN scan (a host sync per step on a GPU)
-            loss = cosine_logit_mse(x, mu, w_teacher, 1.0, scale_t, backend=backend,
-                                    check_inputs=False)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            if fused:
+                loss, grad = vmf_logit_mse(
+                    mu.detach(), k, w_teacher, nsample, seed=seed, offset=step * rows,
+                    scale_s=1.0, scale_t=scale_t, wood_b=wood_b, backend=backend,
+                    check_inputs=False,  # mu: this loop's parameter, checked before the loop
+                )
+                opt.zero_grad(set_to_none=True)
+                mu.grad = grad
+            else:
+                x, _ = sample_vmf(
+                    mu,
+                    k,
+                    n_per_class=nsample,
+                    seed=seed,
+                    offset=step * rows,
+                    wood_b=wood_b,
+                    backend=backend,
+                    check_inputs=False,  # mu: this loop's parameter, checked before the loop
+                )
+                # unit samples and unit means: no per-step NaN scan (a host sync per step on a
+                # GPU)
+                loss = cosine_logit_mse(x, mu, w_teacher, 1.0, scale_t, backend=backend,
+                                        check_inputs=False)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
             lrs[step] = opt.param_groups[0]["lr"]
             opt.step()
             sched.step()
