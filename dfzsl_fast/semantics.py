@@ -30,11 +30,14 @@ Modes (C classes, text (C, D), attributes (C, K)):
     similarity structures; w = 1 gives both parts equal energy. Consumers that normalise their
     conditions (the TF-VAEGAN, ICIS) see unit rows either way.
 
-  The weight is a hyper-parameter; it must never be chosen on test (new) classes.
-  `select_attribute_weight` chooses it among `ATTRIBUTE_WEIGHTS` on **held-out base classes
-  only**: for each candidate, a kernel ridge regression from the combined semantics to a
-  per-class target direction (the teacher's rows, or DFZSL's fitted vMF means) is fitted on
-  part of the base classes and scored by the mean cosine on the held-out rest (k folds).
+  The weight is a hyper-parameter; it must never be chosen on test (new) classes. It is
+  chosen among `ATTRIBUTE_WEIGHTS` on **held-out base classes only**: by the map that reads the
+  semantics (`pipeline.text_map.fit_semantic_map`: ICIS's `icis_linear`, DFZSL's starting
+  prototypes and, through them, its TF-VAEGAN), or, where no such map exists (the published
+  ICIS autoencoders, DFZSL's published frame), by `select_attribute_weight`: for each
+  candidate, a kernel ridge regression from the combined semantics to a per-class target
+  direction (the teacher's rows, or the fitted vMF means) is fitted on part of the base
+  classes and scored by the mean cosine on the held-out rest (k folds).
 
 Centring depends on the set of classes given: fuse all classes (base and new) in one call, then
 index; `class_semantics` on base rows alone and on new rows alone would centre each set on its
