@@ -560,14 +560,20 @@ def test_evaluation(benchmark, bench, device, size, provider):
 
 
 # ================================================================ report
-def report(path: str) -> str:
-    """Markdown table: median (min) time per provider and published / provider, per group."""
+def load_groups(path: str) -> dict[str, dict[str, dict]]:
+    """A pytest-benchmark JSON as {group: {provider: benchmark}} (the reports' one reader)."""
     with open(path) as fh:
         data = json.load(fh)
     groups: dict[str, dict[str, dict]] = {}
     for b in data.get("benchmarks", []):
         prov = b.get("extra_info", {}).get("provider") or b.get("params", {}).get("provider")
         groups.setdefault(b.get("group") or "", {})[prov] = b
+    return groups
+
+
+def report(path: str) -> str:
+    """Markdown table: median (min) time per provider and published / provider, per group."""
+    groups = load_groups(path)
 
     def fmt(s):
         if s >= 1:

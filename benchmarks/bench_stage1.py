@@ -26,7 +26,6 @@ and its ratio to `gemm_floor` and to `published`.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -155,12 +154,7 @@ def test_stage1_step(benchmark, bench, size, provider):
 # ================================================================ report
 def report(path: str) -> str:
     """Markdown table: median (min) per provider, and ratios to gemm_floor and published."""
-    with open(path) as fh:
-        data = json.load(fh)
-    groups: dict[str, dict[str, dict]] = {}
-    for b in data.get("benchmarks", []):
-        prov = b.get("extra_info", {}).get("provider")
-        groups.setdefault(b.get("group") or "", {})[prov] = b
+    groups = bp.load_groups(path)
 
     def fmt(s):
         return f"{s:.2f} s" if s >= 1 else f"{s * 1e3:.0f} ms"

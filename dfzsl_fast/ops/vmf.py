@@ -217,6 +217,14 @@ def _make_labels(n_per_class, labels, C: int, d: int, itemsize: int, device) -> 
     return lab.to(device)
 
 
+def _seed_arg(seed, generator: torch.Generator | None) -> int:
+    """The Philox key the ops take: `seed` (any int, taken mod 2^64) or, when None, one drawn
+    from `generator`; as the schema's signed 64-bit int."""
+    seed = _draw_seed(generator) if seed is None else _checks.check_int(seed, "seed")
+    seed = int(seed) % 2**64
+    return seed - 2**64 if seed >= 2**63 else seed
+
+
 def _draw_seed(generator: torch.Generator | None) -> int:
     # From the given or the default CPU generator, so torch.manual_seed makes runs repeatable.
     if generator is not None and not isinstance(generator, torch.Generator):
@@ -334,12 +342,7 @@ def sample_vmf(
             f"offset: expected 0 <= offset <= 2^63 - N = {MAX_STREAM - N} (row streams are "
             f"offset + i < 2^63), got {offset}"
         )
-    if seed is None:
-        seed = _draw_seed(generator)
-    else:
-        seed = _checks.check_int(seed, "seed")
-    seed = int(seed) % 2**64
-    seed = seed - 2**64 if seed >= 2**63 else seed  # the schema's int is signed 64-bit
+    seed = _seed_arg(seed, generator)
 
     if out is not None:
         if tuple(out.shape) != (N, d):

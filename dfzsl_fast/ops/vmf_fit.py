@@ -35,7 +35,7 @@ from . import (
     _library,  # noqa: F401  (defines the schemas)
 )
 from .cosine import cosine_logit_mse
-from .vmf import MAX_STREAM, WOOD_B_MODES, _check_kappa, _draw_seed, sample_vmf
+from .vmf import MAX_STREAM, WOOD_B_MODES, _check_kappa, _seed_arg, sample_vmf
 
 __all__ = ["vmf_logit_mse", "composed_vmf_logit_mse"]
 
@@ -199,12 +199,7 @@ def vmf_logit_mse(
         scale_t, "scale_t", bound - abs(scale_s), mu.dtype, "squared logit differences"
     )
     k = _check_kappa(kappa, C, mu.device)
-    if seed is None:
-        seed = _draw_seed(generator)
-    else:
-        seed = _checks.check_int(seed, "seed")
-    seed = int(seed) % 2**64
-    seed = seed - 2**64 if seed >= 2**63 else seed  # the schema's int is signed 64-bit
+    seed = _seed_arg(seed, generator)
     mu = mu.detach()
     w_teacher = w_teacher.detach()
     if check_inputs and not _checks.is_tracing(mu, w_teacher):
