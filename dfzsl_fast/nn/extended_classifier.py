@@ -185,5 +185,6 @@ class ExtendedClassifier(nn.Module):
         return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
 
     def as_cosine(self) -> CosineClassifier:
-        """The prototypes as a plain `CosineClassifier` (drops the input shift)."""
+        """The prototypes as a plain `CosineClassifier` (drops the input shift, centre and
+        seen_offset)."""
         return CosineClassifier(self.weight.detach(), self.scale, backend=self.backend)
