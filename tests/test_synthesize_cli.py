@@ -150,11 +150,14 @@ def test_cli_with_a_tfvaegan_checkpoint(tmp_path, emb_file):
 
 # A child that makes every generator call slow, so that it can be stopped mid-run.
 _SLOW_CHILD = """
-import sys, time
+import signal, sys, time
+# a child started from a background job inherits SIGINT ignored, and Python then installs no
+# KeyboardInterrupt handler: restore it, as an interactive shell's child has it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from dfzsl_fast.synthesis import generators
 real = generators.VMFGenerator._generate
 def slow(self, *a, **k):
-    time.sleep(0.1)
+    time.sleep(0.04)
     return real(self, *a, **k)
 generators.VMFGenerator._generate = slow
 from dfzsl_fast.cli import main
@@ -163,8 +166,7 @@ sys.exit(main(sys.argv[1:]))
 
 
 def _args(path, out):
-    # 24 shards of 100 rows, 4 calls of 25 rows each: about 10 s of (slowed) work, so the
-    # signal lands mid-run even when a loaded machine delays the parent's polling by seconds
+    # 24 shards of 100 rows, 4 calls of 25 rows each: about 4 s of (slowed) work
     return ["synthesize", "--kind", "vmf", "--kappa", "25", "--embeddings", str(path),
             "--num-per-class", "400", "--shard-rows", "100", "--batch-rows", "25", "--seed", "9",
             "--out", str(out), "--no-progress"]
