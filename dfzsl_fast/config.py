@@ -310,7 +310,8 @@ class CoOpConfig:
     CSC: one context per class, the new classes' fitted to their synthetic rows); ``select``:
     the learning rate among ``lr_candidates`` (``lr`` when empty) and a calibrated-stacking
     offset on the base-class logits (the head's ``seen_offset``) are chosen on a pseudo task of
-    held-out **base** classes (`pipeline/coop.py`), never on new classes or test data.
+    held-out **base** classes (`pipeline/coop.py`), never on new classes or test data. With
+    ``select`` off: the first candidate (``lr`` when there is none) and no offset.
     """
 
     n_ctx: int = 4
