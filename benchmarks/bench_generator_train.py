@@ -33,7 +33,6 @@ Smoke mode (`--benchmark-disable` or DFZSL_BENCH_SMOKE=1): hidden 32, 2 iteratio
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -154,11 +153,10 @@ def test_tfvaegan_train_full(benchmark, bench, preset, provider):
 # ================================================================ report
 def report(path: str) -> str:
     """Markdown table: ms per iteration (median, min) and reference / provider, per group."""
-    with open(path) as fh:
-        data = json.load(fh)
-    groups: dict[str, dict[str, dict]] = {}
-    for b in data.get("benchmarks", []):
-        groups.setdefault(b.get("group") or "", {})[b["extra_info"]["provider"]] = b
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from bench_pipeline import load_groups  # the reports' one JSON reader
+
+    groups = load_groups(path)
     out = [
         "| group | provider | threads | ms / iteration, median (min) | iterations/s | rounds "
         "| other CPU load | **reference / provider (median)** | (min) |",
