@@ -21,8 +21,10 @@ classifier group):
   ours: `dfzsl_fast.pipeline.train_final_classifier(..., epochs=1)` (whole call: input checks,
   logit adjustment, head, Adam, the epoch; the checks are paid once per call, not per epoch).
   ours_loop: only the epoch loop of train_final_classifier, replicated with the same pieces
-  (`CosineClassifier` weight, `dfzsl_fast.cosine_cross_entropy(..., logit_adjustment=adj)`,
-  Adam), i.e. what each of the 100 epochs costs; checked equal to `ours` before timing.
+  (`CosineClassifier` weight, batches gathered into one reused buffer,
+  `dfzsl_fast.cosine_cross_entropy(..., logit_adjustment=adj, check_inputs=False)` on features
+  that do not require grad, so no gradient in x is computed, Adam), i.e. what each of the 100
+  epochs costs; checked equal to `ours` before timing.
   published: the same epoch in eager PyTorch: prior log p(y) + log p0(group) from bincount,
   learnable prototypes, `100 * F.normalize(x) @ F.normalize(P).T + adjustment`,
   F.cross_entropy, Adam(5e-5, betas (0.5, 0.999)); same shuffling, so the two results agree.
@@ -363,11 +365,13 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         opt = torch.optim.Adam(head.parameters(), lr=CLS_LR, betas=CLS_BETAS)
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed)).to(x.device)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
+        xbuf = torch.empty(min(batch_size, N), x.shape[1], dtype=x.dtype, device=x.device)
         nb = 0
         for s in range(0, N, batch_size):
             idx = perm[s : s + batch_size]
+            xb = torch.index_select(x, 0, idx, out=xbuf[: idx.numel()])
             loss = dfzsl_fast.cosine_cross_entropy(
-                x[idx], head.weight, y[idx], head.scale, logit_adjustment=adj
+                xb, head.weight, y[idx], head.scale, logit_adjustment=adj, check_inputs=False
             )
             opt.zero_grad(set_to_none=True)
             loss.backward()

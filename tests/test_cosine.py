@@ -96,6 +96,49 @@ def test_cross_entropy_float32_and_no_grad_path():
         close(dfzsl_fast.cosine_cross_entropy(x, w, t, 10.0), r, torch.float32)
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_cross_entropy_fixed_features_gives_only_the_weight_gradient(backend, shape, reduction):
+    # x does not require grad (a classifier on fixed features): the forward skips the gradient
+    # in x (compute_grad_x=False) and the weight's gradient is still the reference's
+    if backend == "native":
+        need("native")
+    x, w, t = make(*shape)
+    x = x.detach()
+    adj = torch.randn(shape[1], dtype=torch.float64)
+    out = dfzsl_fast.cosine_cross_entropy(x, w, t, 7.0, adj, reduction, 0.2, backend=backend)
+    r = ref.cosine_cross_entropy(x, w, t, 7.0, adj, reduction, 0.2)
+    close(out, r, torch.float64)
+    (gw,), g = grads(out, (w,))
+    (rw,), _ = grads(r, (w,), g)
+    close(gw, rw, torch.float64)
+    # the op's own outputs: an empty grad_x, the same grad_w as with compute_grad_x=True
+    red = ops._REDUCTIONS[reduction]
+    args = (x, w.detach(), t, adj, 7.0, 1e-12, 0.2, red, True)
+    fn = torch.ops.dfzsl_fast.cosine_cross_entropy if backend == "native" else \
+        kern.cosine_cross_entropy
+    full = fn(*args)
+    part = fn(*args, False)
+    assert part[2].shape == (0, shape[2]) and full[2].shape == x.shape
+    for a, b in ((part[0], full[0]), (part[1], full[1]), (part[3], full[3])):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def test_cross_entropy_skipped_grad_x_is_recomputed_when_needed():
+    # Called directly with compute_grad_x=False while x requires grad: the backward recomputes
+    # grad_x through the backward op instead of handing autograd an empty tensor.
+    x, w, t = make(40, 6, 8)
+    loss = torch.ops.dfzsl_fast.cosine_cross_entropy(
+        x, w, t, None, 4.0, 1e-12, 0.1, 1, True, False
+    )[0]
+    r = ref.cosine_cross_entropy(x, w, t, 4.0, None, "mean", 0.1)
+    (gx, gw), _ = grads(loss, (x, w), torch.tensor(1.3, dtype=torch.float64))
+    (rx, rw), _ = grads(r, (x, w), torch.tensor(1.3, dtype=torch.float64))
+    close(gx, rx, torch.float64)
+    close(gw, rw, torch.float64)
+
+
 def test_cross_entropy_backward_op_when_forward_skipped_grads():
     # Call the op directly with compute_grad=False: the backward must recompute via the backward op.
     x, w, t = make(40, 6, 8)
@@ -520,8 +563,8 @@ def test_native_cross_entropy_op_matches_default_kernel(reduction, adjust, ls, d
     x, w, t = make(300, 37, 24, dtype=dtype, zero_rows=True, grad=False)
     adj = torch.randn(37, dtype=dtype) * 2 if adjust else None
     tol = TOL[dtype]
-    for cg in (False, True):
-        args = (x, w, t, adj, 9.0, 1e-12, ls, reduction, cg)
+    for cg, cgx in ((False, True), (True, True), (True, False)):
+        args = (x, w, t, adj, 9.0, 1e-12, ls, reduction, cg, cgx)
         got = torch.ops.dfzsl_fast.cosine_cross_entropy(*args)
         exp = kern.cosine_cross_entropy(*args)
         for a, b in zip(got, exp, strict=False):

@@ -115,6 +115,32 @@ def test_ce_without_grad(shape, reduction):
     assert gx.shape == (0, shape[2]) and gw.shape == (0, shape[2])
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", [(0, 4, 6), (33, 37, 40)], ids=str)
+def test_ce_fixed_features_weight_gradient_only(shape, reduction):
+    """x without grad: the forward kernel runs without its grad_x epilogue (compute_grad_x
+    False), the weight's gradient comes from the weight-gradient kernel alone."""
+    x, w, t, adj = make(*shape)
+    x = x.detach()
+    out = ce(x, w, t, adj, reduction, 0.2, backend="triton")
+    x64, w64 = as64(x, w)
+    r = ref.cosine_cross_entropy(x64, w64, t, SCALE, adj.double(), reduction, 0.2)
+    close(out, r)
+    g = torch.randn(r.shape, dtype=torch.float64, device=DEVICE)
+    (gw,) = torch.autograd.grad(out, (w,), g.to(out.dtype))
+    if shape[0] == 0:
+        assert torch.all(gw == 0)
+        return
+    (rw,) = torch.autograd.grad(r, (w64,), g)
+    close(gw, rw)
+    if reduction != "none":
+        red = ops._REDUCTIONS[reduction]
+        _, _, gx, _ = torch.ops.dfzsl_fast.cosine_cross_entropy_triton(
+            x, w.detach(), t, adj, SCALE, 1e-12, 0.2, red, True, False
+        )
+        assert gx.shape == (0, shape[2])
+
+
 @pytest.mark.parametrize("reduction", [1, 2])
 def test_ce_op_compute_grad_both_ways(reduction):
     """The op's precomputed gradients (compute_grad=True) equal the reference's, and a forward

@@ -20,6 +20,7 @@ Phases, each in its own process group with its own time budget, none stopping th
                   when installed)
     tests_triton  pytest -m triton likewise: on the GPU, not the interpreter
     bench         pytest-benchmark, the CUDA cases of bench_vmf, bench_cosine, bench_pipeline
+                  (the final-classifier epoch among them), bench_stage1 (the stage-1 step)
     tests_rest    the rest of the suite (not cuda, not triton, not slow) with the time left
 
 Every pytest phase loads tools/gpu_check_pytest.py: it records each test's outcome as it ends and
@@ -82,7 +83,7 @@ PER_TEST_TIMEOUT_S = 120  # pytest-timeout, where installed
 LOG_CAP = 256 * 1024  # bytes of each phase's log in the combined log (its tail)
 BUDGET_REASON = "gpu_check: phase budget reached"  # as in gpu_check_pytest.py
 BENCH_FILES = ("benchmarks/bench_vmf.py", "benchmarks/bench_cosine.py",
-               "benchmarks/bench_pipeline.py")
+               "benchmarks/bench_pipeline.py", "benchmarks/bench_stage1.py")
 PACKAGES = (
     "torch", "triton", "numpy", "scipy", "pytest", "pytest-benchmark", "pytest-xdist",
     "pytest-timeout", "hypothesis", "mpmath", "safetensors", "tqdm", "open_clip_torch", "timm",

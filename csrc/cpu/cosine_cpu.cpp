@@ -398,7 +398,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_logits_backward_cpu(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_cpu(
     const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& logit_adjustment, double scale, double eps,
-    double label_smoothing, int64_t reduction, bool compute_grad) {
+    double label_smoothing, int64_t reduction, bool compute_grad, bool compute_grad_x) {
   const char* op = "cosine_cross_entropy";
   check_pair(op, x_in, w_in);
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
@@ -410,10 +410,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_
   const at::Tensor x = x_in.to(cdt).contiguous();
   const at::Tensor w = w_in.to(cdt).contiguous();
   const bool with_grad = compute_grad && reduction != 0;
+  // compute_grad_x = false: features that do not require grad (a classifier trained on fixed
+  // features); the P @ ws GEMM and the normalisation backward of every tile are skipped
+  const bool with_gx = with_grad && compute_grad_x;
   at::Tensor loss_rows = at::empty({N}, x.options());
   at::Tensor lse = at::empty({N}, x.options());
   at::Tensor grad_x, grad_w;
-  if (with_grad) grad_x = at::empty({N, d}, x.options());
+  if (with_gx) grad_x = at::empty({N, d}, x.options());
   AT_DISPATCH_FLOATING_TYPES(cdt, "cosine_cross_entropy_cpu", [&] {
     using T = scalar_t;
     const T teps = static_cast<T>(eps);
@@ -440,10 +443,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_
         ce_forward_rows(zs.data_ptr<T>(), rows, C, ap, tp + a, ls, rw, with_grad, lsep + a,
                         lossp + a);
         if (with_grad) {  // zs now holds P
-          at::Tensor gx = grad_x.narrow(0, a, rows);
-          at::mm_out(gx, zs, ws);
-          normalize_backward_rows(gx.data_ptr<T>(), xhs.data_ptr<T>(), s.denom.data(),
-                                  s.mask.data(), rows, d);
+          if (with_gx) {
+            at::Tensor gx = grad_x.narrow(0, a, rows);
+            at::mm_out(gx, zs, ws);
+            normalize_backward_rows(gx.data_ptr<T>(), xhs.data_ptr<T>(), s.denom.data(),
+                                    s.mask.data(), rows, d);
+          }
           part.addmm_(zs.t(), xhs);
         }
       }
@@ -465,7 +470,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_
   }
   const at::ScalarType odt = x_in.scalar_type();
   if (with_grad) {
-    return {loss.to(odt), lse.to(odt), grad_x.to(odt), grad_w.to(w_in.scalar_type())};
+    return {loss.to(odt), lse.to(odt), with_gx ? grad_x.to(odt) : empty_grad(x_in),
+            grad_w.to(w_in.scalar_type())};
   }
   return {loss.to(odt), lse.to(odt), empty_grad(x_in), empty_grad(w_in)};
 }

@@ -68,9 +68,11 @@ def _take_precomputed(ctx, g_loss):
 
 
 def ce_setup(ctx, inputs, output):
-    x, w, target, adj, scale, eps, ls, reduction, compute_grad = inputs
+    x, w, target, adj, scale, eps, ls, reduction, compute_grad = inputs[:9]
     loss, lse, grad_x, grad_w = output
     ctx.reduction = reduction
+    ctx.n_inputs = len(inputs)
+    ctx.x_numel = x.numel()
     ctx.scale, ctx.eps, ctx.ls = scale, eps, ls
     ctx.has_adj = adj is not None
     if bool(compute_grad) and reduction != 0:
@@ -84,10 +86,13 @@ def ce_setup(ctx, inputs, output):
 
 
 def ce_backward(ctx, g_loss, g_lse, g_gx, g_gw):
-    none = (None,) * 9
+    # one gradient slot per input of the forward (compute_grad_x, the 10th, is optional)
+    none = (None,) * ctx.n_inputs
     if g_loss is None:
         return none
     pre = _take_precomputed(ctx, g_loss)
+    if pre is not None and ctx.needs_input_grad[0] and pre[0].numel() != ctx.x_numel:
+        pre = None  # the forward skipped grad_x (compute_grad_x=False) yet x needs it: recompute
     if pre is not None:
         gx, gw = pre
     else:

@@ -40,6 +40,9 @@ LIB.define(VMF_LOGIT_MSE)
 # x (N, d), w (C, d): rows normalised as r / max(|r|, eps) (torch.nn.functional.normalize).
 # reduction: 0 none, 1 mean, 2 sum. compute_grad: the forward also returns the gradients of the
 # (mean/sum) loss in x and w (Liger-style; the backward scales them), else empty (0, d) tensors.
+# compute_grad_x=False (cross-entropy only): the gradient in x is skipped and returned empty, for
+# a loss whose features do not require grad (a classifier trained on fixed features: one GEMM of
+# three, the normalisation backward and an (N, d) allocation saved per step).
 COSINE_LOGITS = "cosine_logits(Tensor x, Tensor w, float scale, float eps) -> Tensor"
 COSINE_LOGITS_BACKWARD = (
     "cosine_logits_backward(Tensor grad, Tensor x, Tensor w, float scale, float eps)"
@@ -48,8 +51,8 @@ COSINE_LOGITS_BACKWARD = (
 # -> (loss () or (N,), lse (N,) of the adjusted logits, grad_x, grad_w)
 COSINE_CROSS_ENTROPY = (
     "cosine_cross_entropy(Tensor x, Tensor w, Tensor target, Tensor? logit_adjustment,"
-    " float scale, float eps, float label_smoothing, int reduction, bool compute_grad)"
-    " -> (Tensor, Tensor, Tensor, Tensor)"
+    " float scale, float eps, float label_smoothing, int reduction, bool compute_grad,"
+    " bool compute_grad_x=True) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 # grad_loss (N,): per-row weight of each row's loss.
 COSINE_CROSS_ENTROPY_BACKWARD = (

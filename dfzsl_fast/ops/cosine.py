@@ -52,13 +52,15 @@ def _cosine_logits_backward_fake(grad, x, w, scale, eps):
 
 
 @torch.library.register_fake("dfzsl_fast::cosine_cross_entropy")
-def _ce_fake(x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad):
+def _ce_fake(x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
+             compute_grad_x=True):
     torch._check(x.dim() == 2 and w.dim() == 2, lambda: "cosine_cross_entropy: x (N, d), w (C, d)")
     N = x.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     lse = x.new_empty(N)
     if compute_grad and reduction != 0:
-        return loss, lse, torch.empty_like(x), torch.empty_like(w)
+        gx = torch.empty_like(x) if compute_grad_x else kern.empty_grad(x, x.dtype)
+        return loss, lse, gx, torch.empty_like(w)
     return loss, lse, kern.empty_grad(x, x.dtype), kern.empty_grad(w, w.dtype)
 
 
@@ -252,7 +254,8 @@ def cosine_cross_entropy(
     )
     scale = _checks.check_scale(scale, "scale", max(bound - adj_max, 0.0), x.dtype, "losses")
     compute_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad)
+    # fixed features (the usual classifier training): the forward skips the gradient in x
+    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad, x.requires_grad)
     _, fn = _backend.select("cosine_cross_entropy", x.device, x.dtype, backend)
     return fn(*args)[0]
 

@@ -243,9 +243,15 @@ def train_final_classifier(
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32
 
+    # the in-memory batches are gathered into one reused buffer: a fresh (batch, d) tensor per
+    # step costs an allocation and its first-touch page faults, about as much as the gather
+    xbuf = torch.empty(min(batch_size, N), d, dtype=dtype, device=device) if rows is None \
+        else None
+
     def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if rows is None:
-            return x_all[idx], y_all[idx]
+            xb = torch.index_select(x_all, 0, idx, out=xbuf[: idx.numel()])
+            return xb, y_all[idx]
         xb = rows.features(idx).to(device=device, dtype=dtype)
         # rows read from disk or a generator: checked per batch (CPU-side, cheap)
         if not bool(torch.isfinite(xb.sum())):

@@ -99,12 +99,14 @@ def cosine_logits_backward(grad, x, w, scale, eps):
 
 
 def cosine_cross_entropy(
-    x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad
+    x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
+    compute_grad_x=True,
 ):
     N, d = x.shape
     C = w.shape[0]
     cdt = compute_dtype(x.dtype)
     with_grad = bool(compute_grad) and reduction != 0
+    with_gx = with_grad and bool(compute_grad_x)
     wh, wd, wm = normalize(w.to(cdt), eps)
     ws = wh * scale  # (C, d): logits = x_hat @ ws.T
     adj = None if logit_adjustment is None else logit_adjustment.to(cdt)
@@ -112,7 +114,7 @@ def cosine_cross_entropy(
     loss_rows = torch.empty(N, dtype=cdt, device=x.device)
     lse = torch.empty(N, dtype=cdt, device=x.device)
     if with_grad:
-        grad_x = torch.empty(N, d, dtype=cdt, device=x.device)
+        grad_x = torch.empty(N, d, dtype=cdt, device=x.device) if with_gx else None
         g_ws = torch.zeros(C, d, dtype=cdt, device=x.device)
         row_weight = 1.0 / N if (reduction == 1 and N) else 1.0
     for a, b in _chunks("cosine_cross_entropy", N, C):
@@ -135,7 +137,8 @@ def cosine_cross_entropy(
             P[torch.arange(b - a, device=x.device), t] -= 1.0 - ls
             if row_weight != 1.0:
                 P.mul_(row_weight)
-            grad_x[a:b] = normalize_backward(torch.mm(P, ws), xh, xd, xm)
+            if with_gx:
+                grad_x[a:b] = normalize_backward(torch.mm(P, ws), xh, xd, xm)
             g_ws.addmm_(P.T, xh)
     if reduction == 0:
         loss = loss_rows
@@ -145,7 +148,8 @@ def cosine_cross_entropy(
         loss = loss_rows.sum()
     if with_grad:
         grad_w = normalize_backward(g_ws * scale, wh, wd, wm)
-        return loss.to(x.dtype), lse.to(x.dtype), grad_x.to(x.dtype), grad_w.to(w.dtype)
+        gx = grad_x.to(x.dtype) if with_gx else empty_grad(x, x.dtype)
+        return loss.to(x.dtype), lse.to(x.dtype), gx, grad_w.to(w.dtype)
     return loss.to(x.dtype), lse.to(x.dtype), empty_grad(x, x.dtype), empty_grad(w, w.dtype)
 
 

@@ -584,11 +584,13 @@ def cosine_cross_entropy_triton(
     label_smoothing: float,
     reduction: int,
     compute_grad: bool,
+    compute_grad_x: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton kernel of `dfzsl_fast::cosine_cross_entropy` (see the module docstring).
 
     Returns (loss () or (N,), lse (N,), grad_x, grad_w): the gradients of the mean/sum loss when
-    compute_grad and reduction != 0, else empty (0, d) tensors.
+    compute_grad and reduction != 0, else empty (0, d) tensors; grad_x is empty also when not
+    compute_grad_x (then the forward kernel runs without its gradient epilogue).
     """
     _check(x, w, "cosine_cross_entropy_triton")
     torch._check(
@@ -600,13 +602,14 @@ def cosine_cross_entropy_triton(
     C = w.shape[0]
     device = x.device
     with_grad = bool(compute_grad) and reduction != 0
+    with_gx = with_grad and bool(compute_grad_x)
     ls = float(label_smoothing)
     row_weight = 1.0 / N if (reduction == 1 and N) else 1.0
 
     loss_rows = torch.empty(N, dtype=torch.float32, device=device)
     lse = torch.empty(N, dtype=torch.float32, device=device)
     if with_grad:
-        gxh = torch.empty(N, d, dtype=torch.float32, device=device)
+        gxh = torch.empty(N if with_gx else 0, d, dtype=torch.float32, device=device)
         g_wh = torch.zeros(C, d, dtype=torch.float32, device=device)
     if N and C:
         ctx = _device_ctx(x)
@@ -617,15 +620,16 @@ def cosine_cross_entropy_triton(
         prec = dot_precision(x.dtype, _INTERPRETED)
         if with_grad:
             wh = w.to(torch.float32) * wd.reciprocal().unsqueeze(1)
+        if with_gx:
             ws = (wh * scale).to(x.dtype).contiguous()  # the P @ ws operand, in the input dtype
             wsum = ws.to(torch.float32).sum(0) if ls else sw  # (sw: an unused placeholder)
             cfg = cosine_blocks("ce_fwd_grad", N, C, d, x.dtype, _INTERPRETED)
             grid = (triton.cdiv(N, cfg.block_m), max(1, triton.cdiv(d, cfg.block_d)))
         else:
-            ws, wsum = w, sw  # unused placeholders (WITH_GRAD=False)
+            ws, wsum = w, sw  # unused placeholders (WITH_GRAD=False: loss and lse only)
             cfg = cosine_blocks("ce_fwd", N, C, d, x.dtype, _INTERPRETED)
             grid = (triton.cdiv(N, cfg.block_m), 1)
-        gxh_arg = gxh if with_grad else loss_rows
+        gxh_arg = gxh if with_gx else loss_rows
         with ctx:
             _cosine_ce_fwd_kernel[grid](
                 x, w, ws, rx, sw, target, adj if adj is not None else sw, wsum,
@@ -633,11 +637,11 @@ def cosine_cross_entropy_triton(
                 N, C, d,
                 x.stride(0), x.stride(1), w.stride(0), w.stride(1), ws.stride(0), ws.stride(1),
                 target.stride(0),
-                gxh.stride(0) if with_grad else 0, gxh.stride(1) if with_grad else 0,
+                gxh.stride(0) if with_gx else 0, gxh.stride(1) if with_gx else 0,
                 1.0 - ls, ls / C, row_weight,
-                HAS_ADJ=adj is not None, SMOOTH=ls != 0.0, WITH_GRAD=with_grad,
+                HAS_ADJ=adj is not None, SMOOTH=ls != 0.0, WITH_GRAD=with_gx,
                 BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                BLOCK_D=cfg.block_d if with_grad else 16,
+                BLOCK_D=cfg.block_d if with_gx else 16,
                 DOT_PRECISION=prec, UPCAST=_upcast(x.dtype),
                 num_warps=cfg.num_warps, num_stages=cfg.num_stages,
             )  # fmt: skip
@@ -655,9 +659,10 @@ def cosine_cross_entropy_triton(
                     BLOCK_D=cfg.block_d, DOT_PRECISION=prec, UPCAST=_upcast(x.dtype),
                     num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                 )  # fmt: skip
-        if with_grad:
+        if with_gx:
             xh = x.to(torch.float32) * rx.unsqueeze(1)
             grad_x = _kern.normalize_backward(gxh, xh, xd, xm)
+        if with_grad:
             grad_w = _kern.normalize_backward(g_wh, wh, wd, wm)
     elif with_grad:  # N == 0: no rows, zero gradients (as the reference kernel)
         grad_x, grad_w = gxh, g_wh
@@ -669,7 +674,8 @@ def cosine_cross_entropy_triton(
     else:
         loss = loss_rows.sum()
     if with_grad:
-        return loss.to(x.dtype), lse.to(x.dtype), grad_x.to(x.dtype), grad_w.to(w.dtype)
+        gx = grad_x.to(x.dtype) if with_gx else x.new_empty(0, d)
+        return loss.to(x.dtype), lse.to(x.dtype), gx, grad_w.to(w.dtype)
     return (
         loss.to(x.dtype),
         lse.to(x.dtype),
@@ -680,13 +686,15 @@ def cosine_cross_entropy_triton(
 
 @cosine_cross_entropy_triton.register_fake
 def _cosine_cross_entropy_triton_fake(
-    x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad
+    x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
+    compute_grad_x=True,
 ):
     _check(x, w, "cosine_cross_entropy_triton")
     N = x.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     if compute_grad and reduction != 0:
-        return loss, x.new_empty(N), torch.empty_like(x), torch.empty_like(w)
+        gx = torch.empty_like(x) if compute_grad_x else _kern.empty_grad(x, x.dtype)
+        return loss, x.new_empty(N), gx, torch.empty_like(w)
     return loss, x.new_empty(N), _kern.empty_grad(x, x.dtype), _kern.empty_grad(w, w.dtype)
 
 
