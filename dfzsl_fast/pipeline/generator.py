@@ -39,8 +39,8 @@ critic's first layer (`Discriminator.critic_terms`); both passes of G in the fee
 their first layer; Adam is the fused kernel; lambda and the loss sums stay on the device, so
 there is one host sync per epoch. The default ``impl="fast"`` (issue 13) also hands the encoder
 forward of the last critic step, made with its graph, to the generator step (same batch, same
-weights: the reference recomputes identical values) and trains with one intra-op thread on the
-CPU; ``impl="reference"`` is the loop as it was, the oracle of the equivalence tests.
+weights: the reference recomputes identical values); ``impl="reference"`` is the loop as it
+was, the oracle of the equivalence tests.
 """
 
 from __future__ import annotations
@@ -341,18 +341,16 @@ def train_generator(
             order and random draws (results equal to float rounding; bitwise at equal thread
             counts, tested). ``"fast"`` gives the generator step the encoder forward of the last
             critic step instead of recomputing it (same batch, same weights: only the generator
-            step updates E), one encoder forward fewer per iteration; and on the CPU it trains
-            with `num_threads` intra-op threads (default 1, see below). ``"reference"`` is the
+            step updates E), one encoder forward fewer per iteration. ``"reference"`` is the
             loop as it was before issue 13, kept as the oracle of the tests and the benchmark
-            baseline; it keeps torch's thread setting unless `num_threads` is given.
+            baseline.
         num_threads: intra-op threads while training on the CPU (torch's setting is restored
-            on return). None: 1 for ``impl="fast"``, unchanged for ``"reference"``. Why 1: a
-            batch-64 step is ~76 small GEMMs, each a fork/join of the thread pool; when another
-            job shares the cores, every join waits for a descheduled thread and 2 threads ran
-            the demo-width loop 8x slower than 1 (benchmarks/RESULTS.md, issue 13). On a
-            dedicated idle machine, 2 threads can be faster at the published width; pass
-            ``num_threads=2`` there. `callback` runs under the same setting. Ignored on other
-            devices.
+            on return); None (default): torch's setting. On a machine whose cores other jobs
+            share, pass 1: a batch-64 step is ~76 small GEMMs, each a fork/join of the thread
+            pool, and every join then waits for a descheduled thread (2 threads ran the
+            demo-width loop 3-8x slower than 1 there); on an idle 2-core machine 2 threads
+            are 1.4x faster than 1 (benchmarks/RESULTS.md, issue 13). `callback` runs under
+            the same setting. Ignored on other devices.
 
     Returns:
         The trained `TFVAEGAN` (eval mode, on `device`, `model.config = config`); with
@@ -496,8 +494,6 @@ def train_generator(
     zero = torch.zeros((), dtype=torch.float64, device=device)
     t_start = time.perf_counter()
     total_iters = (epochs - start_epoch) * _FEEDBACK_LOOPS * iters
-    if num_threads is None and impl == "fast":
-        num_threads = 1
     fast = impl == "fast"
     threads = num_threads if device.type == "cpu" else None
     with (

@@ -454,12 +454,15 @@ def test_num_threads_is_restored_and_impl_checked():
         def threads_now(epoch, model, record):
             seen.append(torch.get_num_threads())
 
+        train_generator(x, y, emb, _cfg(epochs=1), progress=False, num_threads=1,
+                        callback=threads_now)
+        assert seen == [1] and torch.get_num_threads() == 2  # 1 thread while training, restored
         train_generator(x, y, emb, _cfg(epochs=1), progress=False, callback=threads_now)
-        assert seen == [1] and torch.get_num_threads() == 2  # fast: 1 thread while training
+        assert seen == [1, 2] and torch.get_num_threads() == 2  # default: torch's setting
         train_generator(
             x, y, emb, _cfg(epochs=1), progress=False, impl="reference", callback=threads_now
         )
-        assert seen == [1, 2] and torch.get_num_threads() == 2  # reference: untouched
+        assert seen == [1, 2, 2] and torch.get_num_threads() == 2  # reference: untouched
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ValueError, match="impl"):
