@@ -15,9 +15,11 @@ classifier group):
   with b_app for kappa >= 11, Householder reflection), teacher and student cosine logits through
   F.normalize matmuls, F.mse_loss, backward, the same Adam and schedule.
   Neither side includes the per-step "best mu" bookkeeping (it is not the hot part).
-- `final-classifier-epoch/N{N}/d512/C50/bs1800` (stage 4, method.md 2.6): one epoch over an
-  AWA2-sized training set (23,944 virtual seen + 10 x 1,800 synthetic unseen = 41,944 random unit
-  features, 40 seen + 10 unseen classes, batch 1800, 24 steps).
+- `final-classifier-epoch/N{N}/d512/C{C}/bs{batch}` (stage 4, method.md 2.6): one epoch of the
+  shipped config's schedule at three scales, on random unit features: AWA2 (23,944 virtual seen
+  + 10 x 1,800 synthetic unseen = 41,944 rows, 40 + 10 classes, batch 1800, 24 steps), SUN
+  (645 x 50 + 72 x 100 = 39,450 rows, C = 717, batch 100, 395 steps) and ImageNet base-to-new
+  (500 x 200 + 500 x 200 = 200,000 rows, C = 1000, batch 200, 1000 steps).
   ours: `dfzsl_fast.pipeline.train_final_classifier(..., epochs=1)` (whole call: input checks,
   logit adjustment, head, Adam, the epoch; the checks are paid once per call, not per epoch).
   ours_loop: only the epoch loop of train_final_classifier, replicated with the same pieces
@@ -76,6 +78,14 @@ SIM_SIZES = {"AWA2": 40, "SUN": 645}
 
 CLS_SEEN_N, CLS_UNSEEN_PER, CLS_SEEN_C, CLS_UNSEEN_C = 23944, 1800, 40, 10
 CLS_BATCH, CLS_SCALE, CLS_LR, CLS_BETAS = 1800, 100.0, 5e-5, (0.5, 0.999)
+# the final classifier's training set and batch at each scale, from the shipped configs
+# (config.get_config): (seen rows, rows per unseen class, seen classes, unseen classes, batch);
+# seen rows = simulator.num per seen class, unseen rows = generator.syn_num, batch = syn_num
+CLS_SIZES = {
+    "AWA2": (CLS_SEEN_N, CLS_UNSEEN_PER, CLS_SEEN_C, CLS_UNSEEN_C, CLS_BATCH),
+    "SUN": (645 * 50, 100, 645, 72, 100),
+    "ImageNet": (500 * 200, 200, 500, 500, 200),
+}
 
 EVAL_N = (5882, 7913)  # AWA2 test seen, test unseen
 EVAL_SIZES = {"C50": (40, 10), "C717": (645, 72)}
@@ -393,17 +403,20 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         for p in ("ours", "ours_loop", "published")
     ],
 )
-def test_final_classifier_epoch(benchmark, bench, device, provider):
+@pytest.mark.parametrize("size", list(CLS_SIZES))
+def test_final_classifier_epoch(benchmark, bench, device, provider, size):
     is_smoke = bench.smoke(benchmark) or ENV_SMOKE
+    full_seen, full_per_unseen, Cs, Cu, full_batch = CLS_SIZES[size]
     n_seen, per_unseen, batch = (
-        SMOKE["cls"] if is_smoke else (CLS_SEEN_N, CLS_UNSEEN_PER, CLS_BATCH)
+        SMOKE["cls"] if is_smoke else (full_seen, full_per_unseen, full_batch)
     )
-    Cs, Cu = CLS_SEEN_C, CLS_UNSEEN_C
+    if is_smoke and size != "AWA2":  # a few classes: the smoke run stays seconds long
+        Cs, Cu = 20, 8
     C = Cs + Cu
     gen = torch.Generator().manual_seed(4)
     y = torch.cat(
         [
-            torch.arange(Cs).repeat(n_seen // Cs + 1)[:n_seen],  # ~600 per seen class
+            torch.arange(Cs).repeat(n_seen // Cs + 1)[:n_seen],  # simulator.num per class
             torch.arange(Cs, C).repeat_interleave(per_unseen),
         ]
     ).to(device)
@@ -412,8 +425,10 @@ def test_final_classifier_epoch(benchmark, bench, device, provider):
     init = torch.randn(C, D, generator=gen).to(device)
     seen, unseen = list(range(Cs)), list(range(Cs, C))
 
-    full_n = CLS_SEEN_N + CLS_UNSEEN_C * CLS_UNSEEN_PER
-    benchmark.group = f"final-classifier-epoch/N{full_n}/d{D}/C{C}/bs{CLS_BATCH}" + _suffix(device)
+    full_n = full_seen + CLS_SIZES[size][3] * full_per_unseen
+    full_c = CLS_SIZES[size][2] + CLS_SIZES[size][3]
+    benchmark.group = (f"final-classifier-epoch/N{full_n}/d{D}/C{full_c}/bs{full_batch}"
+                       + _suffix(device))
     bench.record_environment(benchmark, device)
     info = benchmark.extra_info
     info.update(
