@@ -23,10 +23,14 @@ classifier group):
   ours: `dfzsl_fast.pipeline.train_final_classifier(..., epochs=1)` (whole call: input checks,
   logit adjustment, head, Adam, the epoch; the checks are paid once per call, not per epoch).
   ours_loop: only the epoch loop of train_final_classifier, replicated with the same pieces
-  (`CosineClassifier` weight, batches gathered into one reused buffer,
+  (`CosineClassifier` weight, fused Adam, batches gathered into one reused buffer,
   `dfzsl_fast.cosine_cross_entropy(..., logit_adjustment=adj, check_inputs=False)` on features
   that do not require grad, so no gradient in x is computed, Adam), i.e. what each of the 100
   epochs costs; checked equal to `ours` before timing.
+  ours_shards (CPU, AWA2 size): `train_final_classifier` reading its rows as the pipeline streams
+  them (`generator.synthesis="shards"`): the unseen rows from float16 safetensors shards
+  (`synthesize_to` of a vMF generator, memory-mapped `ShardRows`) behind the seen rows in
+  memory (`ConcatRows`); `ours` trains on the same rows in memory in this case (checked equal).
   published: the same epoch in eager PyTorch: prior log p(y) + log p0(group) from bincount,
   learnable prototypes, `100 * F.normalize(x) @ F.normalize(P).T + adjustment`,
   F.cross_entropy, Adam(5e-5, betas (0.5, 0.999)); same shuffling, so the two results agree.
@@ -372,7 +376,7 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
 
     def epoch():
         head = dfzsl_fast.nn.CosineClassifier(F.normalize(init, dim=1), CLS_SCALE)
-        opt = torch.optim.Adam(head.parameters(), lr=CLS_LR, betas=CLS_BETAS)
+        opt = torch.optim.Adam(head.parameters(), lr=CLS_LR, betas=CLS_BETAS, fused=True)
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed)).to(x.device)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         xbuf = torch.empty(min(batch_size, N), x.shape[1], dtype=x.dtype, device=x.device)
@@ -394,17 +398,20 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
 
 
 @pytest.mark.parametrize(
-    "device,provider",
+    "device,provider,size",
     [
         pytest.param(
-            dev, p, marks=[pytest.mark.cuda] if dev.type == "cuda" else [], id=f"{dev.type}-{p}"
+            dev, p, size, marks=[pytest.mark.cuda] if dev.type == "cuda" else [],
+            id=f"{dev.type}-{p}-{size}",
         )
         for dev in testing.DEVICES
-        for p in ("ours", "ours_loop", "published")
+        for size in CLS_SIZES
+        for p in ("ours", "ours_loop", "ours_shards", "published")
+        # the feature-stream provider: CPU, AWA2 size
+        if p != "ours_shards" or (dev.type == "cpu" and size == "AWA2")
     ],
 )
-@pytest.mark.parametrize("size", list(CLS_SIZES))
-def test_final_classifier_epoch(benchmark, bench, device, provider, size):
+def test_final_classifier_epoch(benchmark, bench, device, provider, size, tmp_path):
     is_smoke = bench.smoke(benchmark) or ENV_SMOKE
     full_seen, full_per_unseen, Cs, Cu, full_batch = CLS_SIZES[size]
     n_seen, per_unseen, batch = (
@@ -469,6 +476,34 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size):
 
     loop_epoch = make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=batch)
 
+    if provider == "ours_shards":
+        # the synthetic unseen rows as the pipeline streams them (generator.synthesis =
+        # "shards"): float16 safetensors shards, memory-mapped, read batch by batch, behind
+        # the in-memory virtual seen rows; `ours` then trains on the same rows in memory
+        from dfzsl_fast.synthesis import ConcatRows, VMFGenerator, synthesize_to
+        from dfzsl_fast.synthesis.rows import ShardRows, TensorRows
+
+        n_s = y.numel() - Cu * per_unseen
+        gen_u = VMFGenerator(100.0, D)
+        emb = F.normalize(torch.randn(C, D, generator=gen), dim=1)
+        out = synthesize_to(tmp_path / "shards", gen_u, emb, list(range(Cs, C)), per_unseen,
+                            seed=0, shard_rows=8192, progress=False)
+        shard_rows = ShardRows(out)
+        all_u = torch.arange(shard_rows.num_rows)
+        x = torch.cat([x[:n_s], shard_rows.features(all_u)])
+        assert torch.equal(shard_rows.labels(all_u), y[n_s:])
+        stream = ConcatRows(TensorRows(x[:n_s], y[:n_s]), shard_rows)
+
+        def ours_shards():
+            losses = []
+            head = train_final_classifier(
+                stream, None, init, seen, unseen,
+                ClassifierConfig(scale=CLS_SCALE, lr=CLS_LR, beta1=CLS_BETAS[0]),
+                epochs=1, batch_size=batch, seed=0, progress=False,
+                callback=lambda e, h, loss: losses.append(loss),
+            )
+            return head.weight.detach(), losses[0]
+
     def ours_loop():
         out = loop_epoch()
         sync()
@@ -483,6 +518,10 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size):
     info["epoch_loss"] = loss_pub if provider == "published" else loss_ours
     assert abs(loss_ours - loss_pub) < 1e-4 * max(1.0, abs(loss_pub)), (loss_ours, loss_pub)
     torch.testing.assert_close(w_ours, w_pub, rtol=0, atol=2e-5)
+    if provider == "ours_shards":  # the same rows in the same order: the same epoch
+        w_sh, loss_sh = ours_shards()
+        torch.testing.assert_close(w_sh, w_ours, rtol=0, atol=1e-6)
+        assert abs(loss_sh - loss_ours) < 1e-6 * max(1.0, abs(loss_ours))
     if provider == "ours_loop":
         w_loop, loss_loop = ours_loop()
         torch.testing.assert_close(w_loop, w_ours, rtol=0, atol=1e-6)
@@ -490,7 +529,8 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size):
         del w_loop
     del w_ours, w_pub
 
-    fn = {"ours": ours, "ours_loop": ours_loop, "published": published}[provider]
+    fn = {"ours": ours, "ours_loop": ours_loop, "published": published,
+          "ours_shards": ours_shards if provider == "ours_shards" else None}[provider]
     _time_rounds(benchmark, bench, device, fn, is_smoke)
     bench.record_throughput(benchmark, N)
 

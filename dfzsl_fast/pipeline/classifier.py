@@ -268,7 +268,9 @@ def train_final_classifier(
         learnable=True,
         backend=backend,
     )
-    opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas))
+    # the fused Adam kernel: the same update in one pass (stage 3 uses it too, generator.py)
+    fused = {"fused": True} if device.type in ("cpu", "cuda") else {}
+    opt = torch.optim.Adam(head.parameters(), lr=float(lr), betas=tuple(betas), **fused)
     gen = seeded_generator(seed)
     rank, world = rank_world()
     with Progress(epochs, "dfzsl stage 4: final classifier",

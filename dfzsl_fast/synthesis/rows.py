@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import json
 import struct
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -65,10 +66,10 @@ class TensorRows(Rows):
         self.num_rows, self.feature_dim = x.shape
 
     def features(self, idx):
-        return self.x[idx.to(self.x.device)]
+        return self.x.index_select(0, idx.to(self.x.device))
 
     def labels(self, idx):
-        return self.y[idx.to(self.y.device)]
+        return self.y.index_select(0, idx.to(self.y.device))
 
 
 class GeneratedRows(Rows):
@@ -111,6 +112,14 @@ _TORCH = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32,
           "F64": torch.float64, "I64": torch.int64}
 
 
+def _as_tensor(arr: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A read-only memmap as a tensor over the same pages (no copy; nothing writes to it)."""
+    with warnings.catch_warnings():  # torch warns that the array is not writable
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr)
+    return t.view(dtype) if t.dtype != dtype else t
+
+
 def _memmap_safetensors(path: Path) -> dict[str, np.memmap]:
     """Each tensor of a .safetensors file as a read-only np.memmap (no data is read)."""
     with open(path, "rb") as fh:
@@ -150,30 +159,34 @@ class ShardRows(Rows):
         self._feat, self._lab, sizes = [], [], []
         for sh in man["shards"]:
             maps = _memmap_safetensors(self.dir / sh["file"])
-            self._feat.append(maps["features"])
-            self._lab.append(maps["labels"])
+            self._feat.append(_as_tensor(*maps["features"]))
+            self._lab.append(_as_tensor(*maps["labels"]))
             sizes.append(int(sh["rows"]))
         self._starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int64)
         self.num_rows = int(self._starts[-1])
         self.feature_dim = int(man["feature_dim"])
 
-    def _read(self, maps, idx: torch.Tensor, width: int | None) -> torch.Tensor:
+    def _read(self, maps: list[torch.Tensor], idx: torch.Tensor, dtype) -> torch.Tensor:
+        # one gather per shard the batch touches, converted and written into place (a
+        # training batch spans a few shards; the rows come from the page cache)
         idx = idx.cpu()
         shard = torch.searchsorted(self._starts, idx, right=True) - 1
-        dt = maps[0][1]
-        out = torch.empty((idx.numel(),) + ((width,) if width else ()), dtype=dt)
+        out = torch.empty((idx.numel(),) + tuple(maps[0].shape[1:]), dtype=dtype)
+        if idx.numel() == 0:
+            return out
+        lo, hi = int(shard.min()), int(shard.max())
+        if lo == hi:  # the whole batch in one shard
+            return out.copy_(maps[lo].index_select(0, idx - self._starts[lo]))
         for s in torch.unique(shard).tolist():
             sel = (shard == s).nonzero().flatten()
-            local = (idx[sel] - self._starts[s]).numpy()
-            arr, _ = maps[s]
-            out[sel] = torch.from_numpy(np.ascontiguousarray(arr[local])).view(dt)
+            out.index_copy_(0, sel, maps[s].index_select(0, idx[sel] - self._starts[s]).to(dtype))
         return out
 
     def features(self, idx):
-        return self._read(self._feat, idx, self.feature_dim).float()
+        return self._read(self._feat, idx, torch.float32)
 
     def labels(self, idx):
-        return self._read(self._lab, idx, None)
+        return self._read(self._lab, idx, torch.int64)
 
 
 class ConcatRows(Rows):
@@ -196,9 +209,11 @@ class ConcatRows(Rows):
             pieces.append(fn(self.parts[p], idx[sel] - self._starts[p]))
             order.append(sel)
         first = pieces[0]
+        if len(pieces) == 1:
+            return first
         out = first.new_empty((idx.numel(),) + tuple(first.shape[1:]))
         for sel, piece in zip(order, pieces, strict=True):
-            out[sel.to(out.device)] = piece.to(out.dtype)
+            out.index_copy_(0, sel.to(out.device), piece.to(out.dtype))
         return out
 
     def features(self, idx):
