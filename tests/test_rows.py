@@ -88,6 +88,17 @@ def test_sources_return_the_same_rows(tmp_path):
     assert torch.equal(cat.labels(j), torch.cat([yv, y])[j])
     mapped = MappedRows(cat, lambda t: 2 * t)
     assert torch.equal(mapped.features(j), 2 * torch.cat([xv, x])[j])
+    # read(): features and labels together, the same rows (one part, several parts, none;
+    # shards the batch touches in any order, repeated rows)
+    xa, ya = torch.cat([xv, x]), torch.cat([yv, y])
+    for k in (j, torch.tensor([5, 2, 2]), torch.tensor([150, 101, 140, 101]),
+              torch.tensor([], dtype=torch.int64), torch.arange(160).flip(0)):
+        for src, scale in ((cat, 1), (mapped, 2)):
+            xr, yr = src.read(k)
+            assert torch.equal(xr, scale * xa[k]) and torch.equal(yr, ya[k])
+    for src in (streamed, disk):
+        xr, yr = src.read(idx)
+        assert torch.equal(xr, x[idx]) and torch.equal(yr, y[idx])
 
 
 @needs_native

@@ -252,11 +252,12 @@ def train_final_classifier(
         if rows is None:
             xb = torch.index_select(x_all, 0, idx, out=xbuf[: idx.numel()])
             return xb, y_all[idx]
-        xb = rows.features(idx).to(device=device, dtype=dtype)
+        xb, yb = rows.read(idx)  # the rows are located once for features and labels
+        xb = xb.to(device=device, dtype=dtype)
         # rows read from disk or a generator: checked per batch (CPU-side, cheap)
         if not bool(torch.isfinite(xb.sum())):
             raise ValueError("features: a batch read from the Rows source holds NaN or Inf")
-        return xb, rows.labels(idx).to(device)
+        return xb, yb.to(device)
 
     adj = None
     if adjust_logits:

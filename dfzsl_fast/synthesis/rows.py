@@ -46,6 +46,11 @@ class Rows(abc.ABC):
     def labels(self, idx: torch.Tensor) -> torch.Tensor:
         """(n,) int64 labels of rows idx."""
 
+    def read(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (n, D), labels (n,)) of rows idx: what a training step reads. Sources
+        that locate rows (shards, concatenations) override it to locate them once for both."""
+        return self.features(idx), self.labels(idx)
+
     def class_counts(self, num_classes: int) -> torch.Tensor:
         """(num_classes,) int64 rows per class (the classifier's prior), in chunks."""
         out = torch.zeros(num_classes, dtype=torch.int64)
@@ -188,6 +193,9 @@ class ShardRows(Rows):
     def labels(self, idx):
         return self._read(self._lab, idx, torch.int64)
 
+    def read(self, idx):
+        return self._read(self._feat, idx, torch.float32), self._read(self._lab, idx, torch.int64)
+
 
 class ConcatRows(Rows):
     """Sources one after another: global rows [0, len(a)) are a's, then b's, ..."""
@@ -200,27 +208,47 @@ class ConcatRows(Rows):
                                     dtype=torch.int64)
         self.num_rows, self.feature_dim = int(self._starts[-1]), parts[0].feature_dim
 
-    def _split(self, idx, fn):
+    def _locate(self, idx: torch.Tensor) -> list[tuple[int, torch.Tensor | None, torch.Tensor]]:
+        """[(part, positions in idx (None: all of them), local rows)] for the parts idx
+        touches: one stable sort by part, so each part's rows keep their batch order."""
         idx = idx.cpu()
         part = torch.searchsorted(self._starts, idx, right=True) - 1
-        pieces, order = [], []
-        for p in torch.unique(part).tolist():
-            sel = (part == p).nonzero().flatten()
-            pieces.append(fn(self.parts[p], idx[sel] - self._starts[p]))
-            order.append(sel)
+        if idx.numel() == 0 or int(part.min()) == int(part.max()):
+            p = int(part[0]) if idx.numel() else 0
+            return [(p, None, idx - self._starts[p])]
+        order = torch.argsort(part, stable=True)
+        counts = torch.bincount(part, minlength=len(self.parts)).tolist()
+        out, a = [], 0
+        for p, n in enumerate(counts):
+            if n:
+                sel = order[a : a + n]
+                out.append((p, sel, idx[sel] - self._starts[p]))
+                a += n
+        return out
+
+    @staticmethod
+    def _join(n: int, located, pieces) -> torch.Tensor:
+        if located[0][1] is None:
+            return pieces[0]
         first = pieces[0]
-        if len(pieces) == 1:
-            return first
-        out = first.new_empty((idx.numel(),) + tuple(first.shape[1:]))
-        for sel, piece in zip(order, pieces, strict=True):
+        out = first.new_empty((n,) + tuple(first.shape[1:]))
+        for (_, sel, _), piece in zip(located, pieces, strict=True):
             out.index_copy_(0, sel.to(out.device), piece.to(out.dtype))
         return out
 
     def features(self, idx):
-        return self._split(idx, lambda p, i: p.features(i).float())
+        loc = self._locate(idx)
+        return self._join(idx.numel(), loc, [self.parts[p].features(i).float() for p, _, i in loc])
 
     def labels(self, idx):
-        return self._split(idx, lambda p, i: p.labels(i).cpu())
+        loc = self._locate(idx)
+        return self._join(idx.numel(), loc, [self.parts[p].labels(i).cpu() for p, _, i in loc])
+
+    def read(self, idx):
+        loc = self._locate(idx)
+        got = [self.parts[p].read(i) for p, _, i in loc]
+        return (self._join(idx.numel(), loc, [x.float() for x, _ in got]),
+                self._join(idx.numel(), loc, [y.cpu() for _, y in got]))
 
     def class_counts(self, num_classes):
         return sum(p.class_counts(num_classes) for p in self.parts)
@@ -238,6 +266,10 @@ class MappedRows(Rows):
 
     def labels(self, idx):
         return self.rows.labels(idx)
+
+    def read(self, idx):
+        x, y = self.rows.read(idx)
+        return self.fn(x), y
 
     def class_counts(self, num_classes):
         return self.rows.class_counts(num_classes)
