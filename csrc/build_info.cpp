@@ -33,7 +33,7 @@ pybind11::dict build_info_dict() {
   d["cpu_kernels"] = pybind11::make_tuple(
       "vmf_sample", "vmf_sample_out", "vmf_logit_mse", "cosine_logits", "cosine_logits_backward",
       "cosine_cross_entropy", "cosine_cross_entropy_backward", "cosine_topk", "cosine_logit_mse",
-      "tfvaegan_synthesize");
+      "tfvaegan_synthesize", "gather_rows");
 #if DFZSL_WITH_CUDA
   d["cuda_kernels"] = pybind11::make_tuple("vmf_sample", "vmf_sample_out");
 #else

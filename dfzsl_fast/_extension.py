@@ -29,6 +29,7 @@ _NATIVE_DTYPES = {
     "vmf_sample": (torch.float32, torch.float64),
     "cosine": (torch.float16, torch.bfloat16, torch.float32, torch.float64),
     "tfvaegan": (torch.float32, torch.bfloat16),  # of the GEMM weights
+    "gather_rows": (torch.float32, torch.float64, torch.int64),  # of the output
 }
 
 
@@ -66,7 +67,7 @@ def _register() -> None:
         devices, notes = {}, {}
         dtypes = _NATIVE_DTYPES[
             "vmf_sample" if op.startswith("vmf") else "tfvaegan" if op.startswith("tfvaegan")
-            else "cosine"
+            else "gather_rows" if op == "gather_rows" else "cosine"
         ]
         for dev, key in (("cpu", "CPU"), ("cuda", "CUDA")):
             if torch._C._dispatch_has_kernel_for_dispatch_key(f"dfzsl_fast::{op}", key):

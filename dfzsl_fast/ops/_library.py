@@ -88,6 +88,12 @@ TFVAEGAN_SYNTHESIZE = (
 )
 LIB.define(TFVAEGAN_SYNTHESIZE)
 
+# A training batch's rows from several sources (synthesis/rows.py: features in memory and in
+# memory-mapped shards): row i is sources[part[i]][local[i]], converted to dtype (float32 or
+# float64 from float16/bfloat16/float32/float64 sources; int64 from int64). -> (n, D) or (n,).
+GATHER_ROWS = "gather_rows(Tensor[] sources, Tensor part, Tensor local, ScalarType dtype) -> Tensor"
+LIB.define(GATHER_ROWS)
+
 #: Every op of the library, forward ops first (the backend table is declared in this order).
 OPS = (
     "vmf_sample",
@@ -100,6 +106,7 @@ OPS = (
     "cosine_topk",
     "cosine_logit_mse",
     "tfvaegan_synthesize",
+    "gather_rows",
 )
 for _op in OPS:
     _backend.declare(_op, getattr(torch.ops.dfzsl_fast, _op))

@@ -51,6 +51,11 @@ class Rows(abc.ABC):
         that locate rows (shards, concatenations) override it to locate them once for both."""
         return self.features(idx), self.labels(idx)
 
+    def _flat(self) -> _Flat | None:
+        """The rows as tensors on the CPU, when they are (memory or memory-mapped), for
+        `_Flat.read`'s one-pass gather; None otherwise (rows made on read)."""
+        return None
+
     def class_counts(self, num_classes: int) -> torch.Tensor:
         """(num_classes,) int64 rows per class (the classifier's prior), in chunks."""
         out = torch.zeros(num_classes, dtype=torch.int64)
@@ -75,6 +80,48 @@ class TensorRows(Rows):
 
     def labels(self, idx):
         return self.y.index_select(0, idx.to(self.y.device))
+
+    def _flat(self):
+        ok = (self.x.device.type == "cpu" and self.y.device.type == "cpu"
+              and self.x.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+              and self.y.dtype == torch.int64)
+        return _Flat([self.x], [self.y], [self.num_rows]) if ok else None
+
+
+class _Flat:
+    """Rows held as K tensors on the CPU: global row g is row g - starts[k] of features[k] /
+    labels[k], k the last source with starts[k] <= g. `read` gathers a batch in one pass
+    (`ops.rows.gather_rows`: the native kernel where loaded), converting to float32."""
+
+    def __init__(self, features: list[torch.Tensor], labels: list[torch.Tensor],
+                 sizes: list[int]) -> None:
+        self.features, self.labels = features, labels
+        self.starts = torch.tensor([0] + list(np.cumsum(sizes))[:-1], dtype=torch.int64)
+        self.num_rows = int(sum(sizes))
+
+    @staticmethod
+    def of(parts: Sequence[Rows]) -> _Flat | None:
+        flats = [p._flat() for p in parts]
+        if any(f is None for f in flats):
+            return None
+        feats = [t for f in flats for t in f.features]
+        labs = [t for f in flats for t in f.labels]
+        return _Flat(feats, labs, [t.shape[0] for t in feats])
+
+    def read(self, idx: torch.Tensor, what: str = "both"):
+        from ..ops.rows import gather_rows
+
+        idx = idx.cpu()
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.num_rows):
+            raise ValueError(f"idx: expected row indices in [0, {self.num_rows})")
+        part = torch.searchsorted(self.starts, idx, right=True) - 1
+        local = idx - self.starts[part]  # in range by construction
+        kw = dict(check_inputs=False)
+        if what == "labels":
+            return gather_rows(self.labels, part, local, torch.int64, **kw)
+        x = gather_rows(self.features, part, local, torch.float32, **kw)
+        return x if what == "features" else (x, gather_rows(self.labels, part, local,
+                                                            torch.int64, **kw))
 
 
 class GeneratedRows(Rows):
@@ -167,34 +214,21 @@ class ShardRows(Rows):
             self._feat.append(_as_tensor(*maps["features"]))
             self._lab.append(_as_tensor(*maps["labels"]))
             sizes.append(int(sh["rows"]))
-        self._starts = torch.tensor(np.concatenate([[0], np.cumsum(sizes)]), dtype=torch.int64)
-        self.num_rows = int(self._starts[-1])
+        self._rows = _Flat(self._feat, self._lab, sizes)  # a batch: one gather over the shards
+        self.num_rows = int(sum(sizes))
         self.feature_dim = int(man["feature_dim"])
 
-    def _read(self, maps: list[torch.Tensor], idx: torch.Tensor, dtype) -> torch.Tensor:
-        # one gather per shard the batch touches, converted and written into place (a
-        # training batch spans a few shards; the rows come from the page cache)
-        idx = idx.cpu()
-        shard = torch.searchsorted(self._starts, idx, right=True) - 1
-        out = torch.empty((idx.numel(),) + tuple(maps[0].shape[1:]), dtype=dtype)
-        if idx.numel() == 0:
-            return out
-        lo, hi = int(shard.min()), int(shard.max())
-        if lo == hi:  # the whole batch in one shard
-            return out.copy_(maps[lo].index_select(0, idx - self._starts[lo]))
-        for s in torch.unique(shard).tolist():
-            sel = (shard == s).nonzero().flatten()
-            out.index_copy_(0, sel, maps[s].index_select(0, idx[sel] - self._starts[s]).to(dtype))
-        return out
-
     def features(self, idx):
-        return self._read(self._feat, idx, torch.float32)
+        return self._rows.read(idx, "features")
 
     def labels(self, idx):
-        return self._read(self._lab, idx, torch.int64)
+        return self._rows.read(idx, "labels")
 
     def read(self, idx):
-        return self._read(self._feat, idx, torch.float32), self._read(self._lab, idx, torch.int64)
+        return self._rows.read(idx)
+
+    def _flat(self):
+        return self._rows
 
 
 class ConcatRows(Rows):
@@ -207,6 +241,7 @@ class ConcatRows(Rows):
         self._starts = torch.tensor([0] + list(np.cumsum([p.num_rows for p in parts])),
                                     dtype=torch.int64)
         self.num_rows, self.feature_dim = int(self._starts[-1]), parts[0].feature_dim
+        self._flat_parts = _Flat.of(parts)
 
     def _locate(self, idx: torch.Tensor) -> list[tuple[int, torch.Tensor | None, torch.Tensor]]:
         """[(part, positions in idx (None: all of them), local rows)] for the parts idx
@@ -237,18 +272,27 @@ class ConcatRows(Rows):
         return out
 
     def features(self, idx):
+        if self._flat_parts is not None:
+            return self._flat_parts.read(idx, "features")
         loc = self._locate(idx)
         return self._join(idx.numel(), loc, [self.parts[p].features(i).float() for p, _, i in loc])
 
     def labels(self, idx):
+        if self._flat_parts is not None:
+            return self._flat_parts.read(idx, "labels")
         loc = self._locate(idx)
         return self._join(idx.numel(), loc, [self.parts[p].labels(i).cpu() for p, _, i in loc])
 
     def read(self, idx):
+        if self._flat_parts is not None:  # every part in memory or memory-mapped: one pass
+            return self._flat_parts.read(idx)
         loc = self._locate(idx)
         got = [self.parts[p].read(i) for p, _, i in loc]
         return (self._join(idx.numel(), loc, [x.float() for x, _ in got]),
                 self._join(idx.numel(), loc, [y.cpu() for _, y in got]))
+
+    def _flat(self):
+        return self._flat_parts
 
     def class_counts(self, num_classes):
         return sum(p.class_counts(num_classes) for p in self.parts)
