@@ -72,8 +72,10 @@ def gather_rows(
         local: (n,) int64 row within its source, in [0, n_part).
         dtype: float32, float64 or int64.
         backend: None (auto: the native kernel where loaded), "native" or "torch".
-        check_inputs: False skips the checks of the indices' values, for callers that built
-            them in range (the native kernel checks them again before reading a row).
+        check_inputs: False skips the per-source checks and those of the indices' values, for
+            callers that built them consistent (`synthesis.rows`, once per batch over sources
+            that may be hundreds of shards); the native kernel checks all of it again before
+            reading a row.
 
     Returns:
         (n, D) or (n,) tensor of ``dtype`` on the CPU.
@@ -94,7 +96,7 @@ def gather_rows(
         raise TypeError("sources: expected a non-empty sequence of tensors")
     dim = sources[0].dim()
     allowed = (torch.int64,) if dtype == torch.int64 else _FLOAT_SOURCES
-    for k, s in enumerate(sources):
+    for k, s in enumerate(sources if check_inputs else ()):
         if s.device.type != "cpu":
             raise ValueError(f"sources: source {k} is on {s.device}; expected the CPU")
         if s.dim() not in (1, 2) or s.dim() != dim or s.shape[1:] != sources[0].shape[1:]:
