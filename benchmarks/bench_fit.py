@@ -147,12 +147,10 @@ def report(path: str) -> str:
         for st in rows.values():
             info = st["extra_info"]
             t = info.get("timings", {})
-            load = info.get("cpu_others_pct")
             lines.append(
                 f"| {name} | {info.get('device', '')} | {info.get('fit_seconds', 0):.0f} s | "
                 + " | ".join(f"{t.get(k, 0):.0f} s" for k in stages)
-                + f" | {info.get('classifier_epochs')} | "
-                + (f"{load:.0f}%" if load is not None else "-") + " |")
+                + f" | {info.get('classifier_epochs')} | {bp.load_cell(st)} |")
     return "\n".join(lines)
 
 

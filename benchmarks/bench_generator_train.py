@@ -156,7 +156,7 @@ def test_tfvaegan_train_full(benchmark, bench, preset, provider):
 def report(path: str) -> str:
     """Markdown table: ms per iteration (median, min) and reference / provider, per group."""
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    from bench_pipeline import load_groups  # the reports' one JSON reader
+    from bench_pipeline import load_cell, load_groups  # the reports' one reader and cell
 
     groups = load_groups(path)
     out = [
@@ -172,7 +172,6 @@ def report(path: str) -> str:
             b = g[prov]
             st, info = b["stats"], b["extra_info"]
             n = info.get("iterations", 1)
-            load = info.get("cpu_others_pct")
             ratio = ratio_min = ""
             if ref is not None:
                 ratio = f"**{ref['stats']['median'] / st['median']:.2f}×**"
@@ -181,7 +180,7 @@ def report(path: str) -> str:
                 f"| {name} | {prov} | {info.get('num_threads')} "
                 f"| {1e3 * st['median'] / n:.1f} ({1e3 * st['min'] / n:.1f}) "
                 f"| {n / st['median']:.2f} | {st['rounds']} "
-                f"| {'n/a' if load is None else f'{load:.0f}%'} | {ratio} | {ratio_min} |"
+                f"| {load_cell(b)} | {ratio} | {ratio_min} |"
             )
     return "\n".join(out)
 

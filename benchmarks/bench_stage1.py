@@ -183,8 +183,7 @@ def report(path: str) -> str:
             if prov not in g:
                 continue
             st = g[prov]["stats"]
-            load = g[prov].get("extra_info", {}).get("cpu_others_pct")
-            load = "n/a" if load is None else f"{load:.0f}%"
+            load = bp.load_cell(g[prov])
             r_floor = f"{st['median'] / floor:.2f}×" if floor else ""
             r_pub = f"**{pub / st['median']:.2f}×**" if pub and prov != "published" else ""
             out.append(f"| {name} | {prov} | {fmt(st['median'])} ({fmt(st['min'])}) "
