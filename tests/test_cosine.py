@@ -669,10 +669,11 @@ def test_native_topk_nan_is_largest():
     assert torch.isnan(s[2]).all()
 
 
-@pytest.mark.parametrize("tile_rows", ["1", "5", "64"])
-def test_native_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows):
+@pytest.mark.parametrize("n_rows", [203, 17, 9])  # 17 and 9: chunks of 8 rows and a ragged one
+@pytest.mark.parametrize("tile_rows", ["", "1", "5", "64"])
+def test_native_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows, n_rows):
     need("native")
-    x, w, t = make(203, 11, 7, grad=False)
+    x, w, t = make(n_rows, 11, 7, grad=False)
     wt = torch.randn(11, 7, dtype=torch.float64)
     adj = torch.randn(11, dtype=torch.float64)
 
@@ -684,12 +685,13 @@ def test_native_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows)
             *torch.ops.dfzsl_fast.cosine_logit_mse(x, w, wt, 4.0, 2.0, 1e-12, True),
             torch.ops.dfzsl_fast.cosine_logits(x, w, 4.0, 1e-12),
             *torch.ops.dfzsl_fast.cosine_logits_backward(
-                torch.ones(203, 11, dtype=torch.float64), x, w, 4.0, 1e-12
+                torch.ones(n_rows, 11, dtype=torch.float64), x, w, 4.0, 1e-12
             ),
         ]
 
     base = run_all()
-    monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
+    if tile_rows:  # "": the kernel's own tiling, at other thread counts
+        monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
     threads = torch.get_num_threads()
     try:
         for n in (1, 3):
