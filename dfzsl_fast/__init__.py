@@ -20,6 +20,7 @@ _PUBLIC = {
     "vmf_logit_mse": ("ops.vmf_fit", "vmf_logit_mse"),
     "cosine_logits": ("ops.cosine", "cosine_logits"),
     "cosine_cross_entropy": ("ops.cosine", "cosine_cross_entropy"),
+    "cosine_cross_entropy_and_grad_w": ("ops.cosine", "cosine_cross_entropy_and_grad_w"),
     "cosine_topk": ("ops.cosine", "cosine_topk"),
     "cosine_logit_mse": ("ops.cosine", "cosine_logit_mse"),
     "nn": ("nn", None),

@@ -827,3 +827,41 @@ def test_repeated_backward_recomputes_precomputed_gradients(op):
     for a, b, c in zip(g1, g2, g3, strict=False):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(2.0 * a, c, rtol=1e-12, atol=1e-14)
+
+
+# --------------------------------------------------- loss and weight gradient without autograd
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_cross_entropy_and_grad_w_matches_reference(shape, reduction, dtype, backend):
+    need(backend)
+    x, w, t = make(*shape, dtype=dtype, zero_rows=True, grad=False)
+    adj = torch.randn(shape[1], dtype=dtype)
+    loss, gw = ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, adj, reduction, 0.1,
+                                                   backend=backend)
+    w64 = w.double().requires_grad_()
+    r = ref.cosine_cross_entropy(x.double(), w64, t, 7.0, adj.double(), reduction, 0.1)
+    if shape[0]:
+        (rw,) = torch.autograd.grad(r, (w64,))
+    else:  # no rows: mean is NaN (as torch), the gradient zero
+        rw = torch.zeros_like(w64)
+    assert loss.shape == () and gw.shape == w.shape
+    assert loss.dtype == dtype and gw.dtype == dtype
+    assert not loss.requires_grad and not gw.requires_grad
+    close(loss, r.detach(), dtype)
+    close(gw, rw, dtype)
+
+
+def test_cross_entropy_and_grad_w_checks_like_the_loss():
+    x, w, t = make(7, 5, 13, grad=False)
+    with pytest.raises(ValueError, match="'mean' or 'sum'"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, reduction="none")
+    with pytest.raises(ValueError, match="reduction"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, reduction="avg")
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="x"):
+        ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0)
+    with pytest.raises(ValueError, match="target"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t + 5, 7.0)

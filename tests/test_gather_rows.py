@@ -35,7 +35,7 @@ def _expected(sources, part, local, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("width", [1, 7, 512])
+@pytest.mark.parametrize("width", [1, 7, 19, 512])  # 19: 8-wide vector steps and a tail
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_float_sources_of_every_dtype(backend, width, dtype):
     _need(backend)
@@ -50,6 +50,26 @@ def test_float_sources_of_every_dtype(backend, width, dtype):
     assert got.dtype == dtype and got.shape == (320, width)
     # float16/bfloat16 -> float32/float64 is exact, so the rows are equal bit for bit
     assert torch.equal(got, exp)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("src_dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_special_values_convert_exactly(backend, src_dtype):
+    # every special class of the format: signed zeros, subnormals, the extremes, +-inf and NaN
+    # (the native kernel converts float16 with F16C instructions, bfloat16 by a shift)
+    _need(backend)
+    fi = torch.finfo(src_dtype)
+    vals = torch.tensor([0.0, -0.0, fi.tiny, -fi.tiny, fi.smallest_normal / 4, fi.max, -fi.max,
+                         fi.eps, 1.0, -2.5, float("inf"), float("-inf"), float("nan")],
+                        dtype=torch.float64).to(src_dtype)
+    src = vals.repeat(3).reshape(3, -1)  # width 13: one vector step and a tail
+    part = torch.zeros(3, dtype=torch.int64)
+    local = torch.tensor([2, 0, 1])
+    got = gather_rows([src], part, local, torch.float32, backend=backend)
+    exp = src.to(torch.float32)[local]
+    torch.testing.assert_close(got, exp, rtol=0, atol=0, equal_nan=True)
+    finite = torch.isfinite(exp)
+    assert torch.equal(got[finite].view(torch.int32), exp[finite].view(torch.int32))  # -0.0 too
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -13,6 +13,11 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include <cstdint>
 #include <cstring>
 #include <type_traits>
 #include <vector>
@@ -20,11 +25,50 @@
 namespace dfzsl_fast {
 namespace cpu {
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DFZSL_GATHER_F16C 1
+// float16 -> float32 with the F16C instruction, 8 values at a time: c10::Half's own conversion
+// is integer bit manipulation per value, which made the float16 shards' rows of a streamed
+// batch cost 3x the float32 ones (2.8 ms of a 9.6 ms epoch of reads at AWA2 size).
+__attribute__((target("avx,f16c"))) static void half_to_float_f16c(const c10::Half* src,
+                                                                    float* dst, int64_t d) {
+  int64_t j = 0;
+  for (; j + 8 <= d; j += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j));
+    _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(h));
+  }
+  for (; j < d; ++j) dst[j] = static_cast<float>(src[j]);
+}
+
+static bool has_f16c() {
+  static const bool ok = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return ok;
+}
+#endif
+
+// bfloat16 is the top half of a float32: the conversion is a 16-bit shift (exact, vectorised).
+static inline void bf16_to_float(const c10::BFloat16* src, float* dst, int64_t d) {
+  for (int64_t j = 0; j < d; ++j) {
+    const uint32_t bits = static_cast<uint32_t>(src[j].x) << 16;
+    std::memcpy(dst + j, &bits, sizeof(float));
+  }
+}
+
 template <typename S, typename O>
 static inline void copy_row(const S* src, O* dst, int64_t d) {
   if constexpr (std::is_same_v<S, O>) {
     std::memcpy(dst, src, static_cast<size_t>(d) * sizeof(O));
+  } else if constexpr (std::is_same_v<S, c10::BFloat16> && std::is_same_v<O, float>) {
+    bf16_to_float(src, dst, d);
   } else {
+#ifdef DFZSL_GATHER_F16C
+    if constexpr (std::is_same_v<S, c10::Half> && std::is_same_v<O, float>) {
+      if (has_f16c()) {
+        half_to_float_f16c(src, dst, d);
+        return;
+      }
+    }
+#endif
     for (int64_t j = 0; j < d; ++j) dst[j] = static_cast<O>(static_cast<float>(src[j]));
   }
 }

@@ -32,7 +32,13 @@ from . import (
     _library,  # noqa: F401  (defines the schemas)
 )
 
-__all__ = ["cosine_logits", "cosine_cross_entropy", "cosine_topk", "cosine_logit_mse"]
+__all__ = [
+    "cosine_logits",
+    "cosine_cross_entropy",
+    "cosine_cross_entropy_and_grad_w",
+    "cosine_topk",
+    "cosine_logit_mse",
+]
 
 _REDUCTIONS = {"none": 0, "mean": 1, "sum": 2}
 _ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -235,6 +241,61 @@ def cosine_cross_entropy(
         >>> y = torch.randint(0, 200, (64,))
         >>> dfzsl_fast.cosine_cross_entropy(x, w, y, scale=16.0).backward()
     """
+    compute_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
+    # fixed features (the usual classifier training): the forward skips the gradient in x
+    args, fn = _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps,
+                        backend, check_inputs, compute_grad, x.requires_grad)
+    return fn(*args)[0]
+
+
+def cosine_cross_entropy_and_grad_w(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    target: torch.Tensor,
+    scale: float,
+    logit_adjustment: torch.Tensor | None = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    eps: float = 1e-12,
+    backend: str | None = None,
+    *,
+    check_inputs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cosine_cross_entropy` and its gradient in w, in one call, without autograd.
+
+    For training loops over fixed features (DFZSL's final classifier): the kernel computes the
+    weight gradient in its forward anyway, so recording a graph and running ``backward()``
+    only adds per-step Python overhead (about 0.2 ms a step on the CPU, 5% of the AWA2-size
+    classifier epoch). Same arguments, checks and kernels as `cosine_cross_entropy`; the
+    gradient in x is not computed.
+
+    Returns:
+        (loss, grad_w): the () loss ("mean" or "sum") and d loss / d w, (C, d), both detached,
+        in x's and w's dtypes; equal to ``loss.backward()``'s w.grad to float rounding.
+
+    Raises:
+        ValueError: reduction "none" (no scalar loss to differentiate), and every error of
+            `cosine_cross_entropy`.
+
+    Example:
+        >>> x, w = torch.randn(64, 512), torch.randn(200, 512)
+        >>> loss, gw = dfzsl_fast.cosine_cross_entropy_and_grad_w(
+        ...     x, w, torch.randint(0, 200, (64,)), scale=16.0)
+        >>> gw.shape
+        torch.Size([200, 512])
+    """
+    if reduction == "none":
+        raise ValueError("reduction: expected 'mean' or 'sum' (a scalar loss), got 'none'")
+    args, fn = _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps,
+                        backend, check_inputs, True, False)
+    with torch.no_grad():  # no graph: the kernel returns the gradient
+        loss, _, _, grad_w = fn(*args)
+    return loss, grad_w
+
+
+def _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps, backend,
+             check_inputs, compute_grad, compute_grad_x):
+    """The checked arguments of the cross-entropy kernel and the kernel the router picks."""
     _check_flag(check_inputs, "check_inputs")
     x, w, eps = _prepare(x, w, eps, check_inputs)
     N, C = x.shape[0], w.shape[0]
@@ -253,11 +314,9 @@ def cosine_cross_entropy(
         _finfo_max(cdt) / (4 * (C + 2) * max(N, 1)),
     )
     scale = _checks.check_scale(scale, "scale", max(bound - adj_max, 0.0), x.dtype, "losses")
-    compute_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
-    # fixed features (the usual classifier training): the forward skips the gradient in x
-    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad, x.requires_grad)
+    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad, compute_grad_x)
     _, fn = _backend.select("cosine_cross_entropy", x.device, x.dtype, backend)
-    return fn(*args)[0]
+    return args, fn
 
 
 def cosine_topk(

@@ -24,7 +24,7 @@ from ..config import ClassifierConfig, check_count
 from ..distributed import all_reduce_sum, rank_world
 from ..hashing import seeded_generator
 from ..nn import CosineClassifier
-from ..ops.cosine import cosine_cross_entropy
+from ..ops.cosine import cosine_cross_entropy_and_grad_w
 from ..synthesis.rows import Rows
 from ._progress import Progress
 
@@ -253,11 +253,17 @@ def train_final_classifier(
             xb = torch.index_select(x_all, 0, idx, out=xbuf[: idx.numel()])
             return xb, y_all[idx]
         xb, yb = rows.read(idx)  # the rows are located once for features and labels
-        xb = xb.to(device=device, dtype=dtype)
-        # rows read from disk or a generator: checked per batch (CPU-side, cheap)
-        if not bool(torch.isfinite(xb.sum())):
-            raise ValueError("features: a batch read from the Rows source holds NaN or Inf")
-        return xb, yb.to(device)
+        return xb.to(device=device, dtype=dtype), yb.to(device)
+
+    def check_read(loss: torch.Tensor, xb: torch.Tensor) -> None:
+        # Rows read from disk or a generator are checked per batch, through the loss: a NaN or
+        # Inf anywhere in a row makes its normalised row, hence the loss, NaN, so one scalar
+        # test replaces a pass over the batch; the batch is scanned only to name the cause.
+        # Raised before the optimizer step: the prototypes never see the bad gradient.
+        if not bool(torch.isfinite(loss.detach())):
+            if not bool(torch.isfinite(xb).all()):
+                raise ValueError("features: a batch read from the Rows source holds NaN or Inf")
+            raise FloatingPointError(f"classifier: the loss of a batch is {float(loss)}")
 
     adj = None
     if adjust_logits:
@@ -286,14 +292,14 @@ def train_final_classifier(
                 n_b = idx.numel()
                 if world > 1:  # this rank's contiguous share of the batch
                     idx = idx[n_b * rank // world : n_b * (rank + 1) // world]
-                opt.zero_grad(set_to_none=True)
                 if idx.numel():
                     xb, yb = batch(idx)
                     # over ranks: sum / (global batch size), so that the ranks' losses and
-                    # gradients add up to the batch mean of one process
-                    loss = cosine_cross_entropy(
+                    # gradients add up to the batch mean of one process. The fused kernel
+                    # returns the prototypes' gradient with the loss: no graph, no backward().
+                    loss, grad = cosine_cross_entropy_and_grad_w(
                         xb,
-                        head.weight,
+                        head.weight.detach(),
                         yb,
                         head.scale,
                         logit_adjustment=adj,
@@ -304,10 +310,12 @@ def train_final_classifier(
                         # GPU); a diverged head is refused when the classifier is built from it
                         check_inputs=False,
                     )
+                    if rows is not None:
+                        check_read(loss, xb)
                     if world > 1:
-                        loss = loss / n_b
-                    loss.backward()
-                    total += loss.detach()
+                        loss, grad = loss / n_b, grad.div_(n_b)
+                    head.weight.grad = grad
+                    total += loss
                 else:
                     head.weight.grad = torch.zeros_like(head.weight)
                 if world > 1:

@@ -141,3 +141,19 @@ def test_bad_inputs():
         train_final_classifier(x, y.int(), init, SEEN, UNSEEN, **ONE_EPOCH)
     with pytest.raises(ValueError, match="ratio"):
         logit_adjustment(y, SEEN, UNSEEN, 6, ratio=0.0)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_streamed_batch_with_nan_or_inf_is_refused_before_the_step(bad):
+    # rows of a Rows source are checked per batch (through the batch's loss); the error names
+    # the features and comes before the optimizer step of that batch
+    from dfzsl_fast.synthesis import TensorRows
+
+    x, y, _, _, init = _problem()
+    x = x.clone()
+    x[-1, 3] = bad  # one entry of one row: the last batch of the shuffled epoch or an earlier one
+    seen_steps = []
+    with pytest.raises(ValueError, match="Rows source holds NaN or Inf"):
+        train_final_classifier(TensorRows(x, y), None, init, SEEN, UNSEEN,
+                               callback=lambda *a: seen_steps.append(a), **ONE_EPOCH)
+    assert not seen_steps  # the epoch never completed
