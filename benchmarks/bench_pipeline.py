@@ -384,13 +384,12 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         for s in range(0, N, batch_size):
             idx = perm[s : s + batch_size]
             xb = torch.index_select(x, 0, idx, out=xbuf[: idx.numel()])
-            loss = dfzsl_fast.cosine_cross_entropy(
-                xb, head.weight, y[idx], head.scale, logit_adjustment=adj, check_inputs=False
+            loss, head.weight.grad = dfzsl_fast.cosine_cross_entropy_and_grad_w(
+                xb, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
+                check_inputs=False,
             )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
             opt.step()
-            total += loss.detach()
+            total += loss
             nb += 1
         return head.weight.detach(), float(total) / nb
 
