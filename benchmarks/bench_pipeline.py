@@ -24,9 +24,10 @@ classifier group):
   logit adjustment, head, Adam, the epoch; the checks are paid once per call, not per epoch).
   ours_loop: only the epoch loop of train_final_classifier, replicated with the same pieces
   (`CosineClassifier` weight, fused Adam, batches gathered into one reused buffer,
-  `dfzsl_fast.cosine_cross_entropy(..., logit_adjustment=adj, check_inputs=False)` on features
-  that do not require grad, so no gradient in x is computed, Adam), i.e. what each of the 100
-  epochs costs; checked equal to `ours` before timing.
+  `dfzsl_fast.cosine_cross_entropy_and_grad_w(..., logit_adjustment=adj, check_inputs=False)`:
+  the loss and the prototypes' gradient from one kernel call, no autograd graph and no gradient
+  in x; before 2026-12-05 22:20 UTC `cosine_cross_entropy` and `backward()`), i.e. what each of
+  the 100 epochs costs; checked equal to `ours` before timing.
   ours_shards (CPU, AWA2 size): `train_final_classifier` reading its rows as the pipeline streams
   them (`generator.synthesis="shards"`): the unseen rows from float16 safetensors shards
   (`synthesize_to` of a vMF generator, memory-mapped `ShardRows`) behind the seen rows in
