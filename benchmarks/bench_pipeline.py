@@ -380,14 +380,12 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         opt = torch.optim.Adam(head.parameters(), lr=CLS_LR, betas=CLS_BETAS, fused=True)
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed)).to(x.device)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
-        xbuf = torch.empty(min(batch_size, N), x.shape[1], dtype=x.dtype, device=x.device)
         nb = 0
         for s in range(0, N, batch_size):
             idx = perm[s : s + batch_size]
-            xb = torch.index_select(x, 0, idx, out=xbuf[: idx.numel()])
             loss, head.weight.grad = dfzsl_fast.cosine_cross_entropy_and_grad_w(
-                xb, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
-                check_inputs=False,
+                x, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
+                check_inputs=False, rows=idx,
             )
             opt.step()
             total += loss

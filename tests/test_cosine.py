@@ -865,3 +865,160 @@ def test_cross_entropy_and_grad_w_checks_like_the_loss():
         ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0)
     with pytest.raises(ValueError, match="target"):
         ops.cosine_cross_entropy_and_grad_w(x, w, t + 5, 7.0)
+
+
+# ------------------------------------------------------- rows=: the batch x[rows] read in place
+# (N store rows, M batch rows, C, d): odd sizes, an empty batch, repeated and unsorted indices
+ROWS_SHAPES = [(40, 17, 5, 13), (9, 9, 1, 3), (30, 0, 4, 6), (300, 129, 17, 31)]
+
+
+def make_rows(n, m, gen_seed=0):
+    g = torch.Generator().manual_seed(gen_seed)
+    rows = torch.randint(0, n, (m,), generator=g)
+    if m > 2:
+        rows[1] = rows[0]  # a repeated row: its gradient in x is summed
+    return rows
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("check_inputs", [True, False], ids=["checked", "unchecked"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", ROWS_SHAPES, ids=str)
+def test_rows_equal_the_gathered_batch_against_the_reference(shape, dtype, check_inputs, backend):
+    need(backend)
+    n, m, C, d = shape
+    x, w, _ = make(n, C, d, dtype=dtype, zero_rows=True, grad=False)
+    rows = make_rows(n, m)
+    t = torch.randint(0, C, (m,))
+    adj = torch.randn(C, dtype=dtype)
+    # the float64 reference on the gathered batch
+    w64 = w.double().requires_grad_()
+    r = ref.cosine_cross_entropy(x.double()[rows], w64, t, 7.0, adj.double(), "sum", 0.1)
+    (rw,) = torch.autograd.grad(r, (w64,)) if m else (torch.zeros_like(w64),)
+    loss, gw = ops.cosine_cross_entropy_and_grad_w(
+        x, w, t, 7.0, adj, "sum", 0.1, backend=backend, check_inputs=check_inputs, rows=rows)
+    close(loss, r.detach(), dtype)
+    close(gw, rw, dtype)
+    # bitwise the kernel's result on the batch gathered first
+    loss_g, gw_g = ops.cosine_cross_entropy_and_grad_w(
+        x[rows], w, t, 7.0, adj, "sum", 0.1, backend=backend, check_inputs=check_inputs)
+    assert torch.equal(loss, loss_g) and torch.equal(gw, gw_g)
+    # through autograd: x's gradient is the batch's, scattered (summed at repeated rows)
+    for red in ("mean", "none"):
+        xr, wr = x.clone().requires_grad_(), w.clone().requires_grad_()
+        out = dfzsl_fast.cosine_cross_entropy(xr, wr, t, 7.0, adj, red, 0.1, backend=backend,
+                                              check_inputs=check_inputs, rows=rows)
+        x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+        r = ref.cosine_cross_entropy(x64[rows], w64, t, 7.0, adj.double(), red, 0.1)
+        assert out.shape == r.shape
+        if not m:
+            continue
+        g = torch.randn(r.shape, dtype=torch.float64)
+        gx, gw = torch.autograd.grad(out, (xr, wr), g.to(dtype))
+        rgx, rgw = torch.autograd.grad(r, (x64, w64), g)
+        assert gx.shape == x.shape
+        close(gx, rgx, dtype)
+        close(gw, rgw, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_rows_of_a_half_x_are_gathered_then_converted(dtype):
+    need("native")
+    x, w, t = make(50, 7, 19, dtype=dtype, grad=False)
+    rows = make_rows(50, 23)
+    t = torch.randint(0, 7, (23,))
+    loss, gw = ops.cosine_cross_entropy_and_grad_w(x, w, t, 5.0, check_inputs=False, rows=rows)
+    loss_g, gw_g = ops.cosine_cross_entropy_and_grad_w(x[rows], w, t, 5.0, check_inputs=False)
+    assert torch.equal(loss, loss_g) and torch.equal(gw, gw_g)
+
+
+def test_rows_of_a_strided_x():
+    x, w, _ = make(40, 5, 13, grad=False)
+    xs = x.t().contiguous().t()  # column-major: not contiguous, same values
+    assert not xs.is_contiguous()
+    rows = make_rows(40, 17)
+    t = torch.randint(0, 5, (17,))
+    a = ops.cosine_cross_entropy_and_grad_w(xs, w, t, 7.0, check_inputs=False, rows=rows)
+    b = ops.cosine_cross_entropy_and_grad_w(x[rows], w, t, 7.0, check_inputs=False)
+    for u, v in zip(a, b, strict=True):
+        torch.testing.assert_close(u, v, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("tile_rows", ["", "1", "5"])
+def test_native_rows_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows):
+    need("native")
+    x, w, _ = make(500, 11, 7, grad=False)
+    rows = make_rows(500, 203)
+    t = torch.randint(0, 11, (203,))
+    adj = torch.randn(11, dtype=torch.float64)
+    ce = torch.ops.dfzsl_fast.cosine_cross_entropy
+
+    def run():
+        return [*ce(x, w, t, adj, 4.0, 1e-12, 0.1, 1, True, True, rows),
+                *ce(x, w, t, adj, 4.0, 1e-12, 0.1, 0, False, False, rows)[:2]]
+
+    gathered = [*ce(x[rows], w, t, adj, 4.0, 1e-12, 0.1, 1, True, True),
+                *ce(x[rows], w, t, adj, 4.0, 1e-12, 0.1, 0, False, False)[:2]]
+    for a, b in zip(run(), gathered, strict=True):
+        assert torch.equal(a, b)
+    if tile_rows:
+        monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            for a, b in zip(run(), gathered, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("N", [0, 13])
+def test_opcheck_native_rows(N):
+    need("native")
+    x, w, _ = make(20, 5, 7, grad=True)
+    rows = make_rows(20, N)
+    t = torch.randint(0, 5, (N,))
+    adj = torch.randn(5, dtype=torch.float64)
+    for red in (0, 2):
+        for cg in (False, True):
+            torch.library.opcheck(torch.ops.dfzsl_fast.cosine_cross_entropy.default,
+                                  (x, w, t, adj, 2.0, 1e-12, 0.1, red, cg, True, rows))
+
+
+def test_rows_bad_inputs():
+    x, w, _ = make(10, 5, 13, grad=False)
+    t = torch.randint(0, 5, (4,))
+    rows = torch.tensor([0, 3, 9, 2])
+    for check in (True, False):  # the index is checked either way: it addresses memory
+        with pytest.raises(ValueError, match=r"rows: expected row indices of x in \[0, 10\)"):
+            ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, check_inputs=check,
+                                                rows=torch.tensor([0, 3, 10, 2]))
+        with pytest.raises(ValueError, match=r"rows: .*got range \[-1, 3\]"):
+            dfzsl_fast.cosine_cross_entropy(x, w, t, 7.0, check_inputs=check,
+                                            rows=torch.tensor([0, 3, -1, 2]))
+    with pytest.raises(TypeError, match="rows: expected dtype torch.int64"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, rows=rows.int())
+    with pytest.raises(TypeError, match="rows: expected an int64 tensor"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, rows=[0, 3, 9, 2])
+    with pytest.raises(ValueError, match=r"rows: expected shape \(M,\)"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, t, 7.0, rows=rows.view(2, 2))
+    with pytest.raises(ValueError, match=r"target: expected shape \(4,\)"):
+        ops.cosine_cross_entropy_and_grad_w(x, w, torch.randint(0, 5, (10,)), 7.0, rows=rows)
+    bad = x.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="x: row 1 contains NaN"):  # row 1 of the batch
+        ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0, rows=rows)
+    # a NaN outside the batch is not the batch's concern
+    ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0, rows=torch.tensor([0, 2, 9, 2]))
+
+
+def test_native_rows_out_of_range_refused_by_the_op():
+    # memory safety without the Python checks: the kernel itself refuses the index
+    need("native")
+    x, w, _ = make(10, 5, 13, grad=False)
+    t = torch.randint(0, 5, (4,))
+    for bad in ([0, 3, 10, 2], [0, -1, 1, 2]):
+        with pytest.raises(RuntimeError, match=r"expected rows in \[0, 10\)"):
+            torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, None, 7.0, 1e-12, 0.0, 1, True,
+                                                      False, torch.tensor(bad))

@@ -141,6 +141,35 @@ def test_ce_fixed_features_weight_gradient_only(shape, reduction):
         assert gx.shape == (0, shape[2])
 
 
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("m", [0, 21])
+def test_ce_rows_is_the_gathered_batch(m, reduction):
+    """rows=: the loss of x[rows] (gathered before the kernels), x's gradient scattered back."""
+    x, w, _, adj = make(40, 37, 40)
+    rows = torch.randint(0, 40, (m,), device=DEVICE)
+    if m:
+        rows[1] = rows[0]
+    t = torch.randint(0, 37, (m,), device=DEVICE)
+    out = ce(x, w, t, adj, reduction, 0.2, backend="triton", rows=rows)
+    x64, w64 = as64(x, w)
+    r = ref.cosine_cross_entropy(x64[rows], w64, t, SCALE, adj.double(), reduction, 0.2)
+    close(out, r)
+    if not m:
+        return
+    g = torch.randn(r.shape, dtype=torch.float64, device=DEVICE)
+    gx, gw = torch.autograd.grad(out, (x, w), g.to(out.dtype))
+    rx, rw = torch.autograd.grad(r, (x64, w64), g)
+    close(gx, rx)
+    close(gw, rw)
+    if reduction != "none":
+        loss, gw2 = ops.cosine_cross_entropy_and_grad_w(
+            x.detach(), w.detach(), t, SCALE, adj, reduction, 0.2, backend="triton",
+            check_inputs=False, rows=rows)
+        loss_g, gw_g = ops.cosine_cross_entropy_and_grad_w(
+            x.detach()[rows], w.detach(), t, SCALE, adj, reduction, 0.2, backend="triton")
+        assert torch.equal(loss, loss_g) and torch.equal(gw2, gw_g)
+
+
 @pytest.mark.parametrize("reduction", [1, 2])
 def test_ce_op_compute_grad_both_ways(reduction):
     """The op's precomputed gradients (compute_grad=True) equal the reference's, and a forward

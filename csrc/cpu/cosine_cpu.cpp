@@ -56,6 +56,23 @@ static inline void normalize_rows_t(const T* x, int64_t rows, int64_t d, T eps, 
   }
 }
 
+// The same for rows idx[0..rows) of x (a batch gathered on the fly: never copied out first).
+template <typename T>
+static inline void normalize_rows_at_t(const T* x, const int64_t* idx, int64_t rows, int64_t d,
+                                       T eps, T* out, T* denom, uint8_t* mask) {
+  // Rows at random places: the hardware prefetcher cannot see the next one coming, so its
+  // cache lines are requested while this one is normalised.
+  constexpr int64_t kAhead = 2;
+  const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t i = 0; i < rows; ++i) {
+    if (i + kAhead < rows) {
+      const T* nxt = x + idx[i + kAhead] * d;
+      for (int64_t k = 0; k < d; k += line) __builtin_prefetch(nxt + k, 0, 3);
+    }
+    denom[i] = detail::normalize_row(x + idx[i] * d, d, eps, out + i * d, mask + i);
+  }
+}
+
 template <typename T>
 static inline void normalize_backward_rows_t(T* g, const T* rh, const T* denom,
                                              const uint8_t* mask, int64_t rows, int64_t d) {
@@ -101,6 +118,11 @@ static inline double sumsq_scale_t(T* e, int64_t rows, int64_t C, bool scale, T 
       const T* x, int64_t rows, int64_t d, T eps, T* out, T* denom, uint8_t* mask) {              \
     normalize_rows_t<T>(x, rows, d, eps, out, denom, mask);                                       \
   }                                                                                               \
+  DFZSL_COSINE_CLONES static void normalize_rows_at_##SUFFIX(                                     \
+      const T* x, const int64_t* idx, int64_t rows, int64_t d, T eps, T* out, T* denom,           \
+      uint8_t* mask) {                                                                            \
+    normalize_rows_at_t<T>(x, idx, rows, d, eps, out, denom, mask);                               \
+  }                                                                                               \
   DFZSL_COSINE_CLONES static void normalize_backward_rows_##SUFFIX(                               \
       T* g, const T* rh, const T* denom, const uint8_t* mask, int64_t rows, int64_t d) {          \
     normalize_backward_rows_t<T>(g, rh, denom, mask, rows, d);                                    \
@@ -123,6 +145,10 @@ static inline double sumsq_scale_t(T* e, int64_t rows, int64_t C, bool scale, T 
   static inline void normalize_rows(const T* x, int64_t rows, int64_t d, T eps, T* out,           \
                                     T* denom, uint8_t* mask) {                                    \
     normalize_rows_##SUFFIX(x, rows, d, eps, out, denom, mask);                                   \
+  }                                                                                               \
+  static inline void normalize_rows_at(const T* x, const int64_t* idx, int64_t rows, int64_t d,   \
+                                       T eps, T* out, T* denom, uint8_t* mask) {                  \
+    normalize_rows_at_##SUFFIX(x, idx, rows, d, eps, out, denom, mask);                           \
   }                                                                                               \
   static inline void normalize_backward_rows(T* g, const T* rh, const T* denom,                   \
                                              const uint8_t* mask, int64_t rows, int64_t d) {      \
@@ -252,9 +278,15 @@ struct Scratch {
   std::vector<uint8_t> mask;
   Scratch(int64_t R, int64_t C, int64_t d, const at::TensorOptions& opts)
       : xh(at::empty({R, d}, opts)), z(at::empty({R, C}, opts)), denom(R), mask(R) {}
-  // Normalises x's rows [a, a + rows) into the tile; returns (x_hat tile, logits tile) views.
-  std::pair<at::Tensor, at::Tensor> load(const T* x, int64_t a, int64_t rows, int64_t d, T eps) {
-    normalize_rows(x + a * d, rows, d, eps, xh.data_ptr<T>(), denom.data(), mask.data());
+  // Normalises rows [a, a + rows) of the batch into the tile: x's rows, or x's rows idx[a..]
+  // when idx is given; returns (x_hat tile, logits tile) views.
+  std::pair<at::Tensor, at::Tensor> load(const T* x, const int64_t* idx, int64_t a, int64_t rows,
+                                         int64_t d, T eps) {
+    if (idx != nullptr) {
+      normalize_rows_at(x, idx + a, rows, d, eps, xh.data_ptr<T>(), denom.data(), mask.data());
+    } else {
+      normalize_rows(x + a * d, rows, d, eps, xh.data_ptr<T>(), denom.data(), mask.data());
+    }
     return {xh.narrow(0, 0, rows), z.narrow(0, 0, rows)};
   }
 };
@@ -313,6 +345,20 @@ static at::Tensor check_rows(const char* op, const char* name, const at::Tensor&
   TORCH_CHECK(at::isFloatingType(v.scalar_type()) && v.device().is_cpu(), op, ": expected ", name,
               " a floating-point CPU tensor, got ", v.scalar_type(), " on ", v.device());
   return v.to(cdt).contiguous();
+}
+
+// A (M,) int64 CPU index of rows of x (M = 0 allowed), each in [0, n): returned contiguous.
+static at::Tensor check_row_index(const char* op, const at::Tensor& rows, int64_t n) {
+  TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.device().is_cpu(), op,
+              ": expected rows a (M,) int64 CPU tensor, got ", rows.sizes(), " ",
+              rows.scalar_type(), " on ", rows.device());
+  at::Tensor r = rows.contiguous();
+  const int64_t* rp = r.data_ptr<int64_t>();
+  for (int64_t i = 0; i < r.size(0); ++i) {
+    TORCH_CHECK(rp[i] >= 0 && rp[i] < n, op, ": expected rows in [0, ", n,
+                ") (rows of x), got rows[", i, "] = ", rp[i]);
+  }
+  return r;
 }
 
 static at::Tensor empty_grad(const at::Tensor& t) { return at::empty({0, t.size(1)}, t.options()); }
@@ -402,16 +448,32 @@ std::tuple<at::Tensor, at::Tensor> cosine_logits_backward_cpu(const at::Tensor& 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_cpu(
     const at::Tensor& x_in, const at::Tensor& w_in, const at::Tensor& target_in,
     const std::optional<at::Tensor>& logit_adjustment, double scale, double eps,
-    double label_smoothing, int64_t reduction, bool compute_grad, bool compute_grad_x) {
+    double label_smoothing, int64_t reduction, bool compute_grad, bool compute_grad_x,
+    const std::optional<at::Tensor>& rows_in) {
   const char* op = "cosine_cross_entropy";
   check_pair(op, x_in, w_in);
   TORCH_CHECK(reduction >= 0 && reduction <= 2, op,
               ": expected reduction 0 (none), 1 (mean) or 2 (sum), got ", reduction);
-  const int64_t N = x_in.size(0), d = x_in.size(1), C = w_in.size(0);
+  const int64_t d = x_in.size(1), C = w_in.size(0);
   const at::ScalarType cdt = compute_dtype(x_in.scalar_type());
+  // rows: the batch is x[rows], read row by row by the tiles' normalisation pass instead of
+  // being gathered into a (N, d) copy first (float32/float64 x; a half x is gathered, then
+  // converted, as without rows)
+  at::Tensor x, index;
+  if (rows_in.has_value() && rows_in->defined()) {
+    index = check_row_index(op, *rows_in, x_in.size(0));
+    if (cdt == x_in.scalar_type()) {
+      x = x_in.contiguous();
+    } else {
+      x = x_in.index_select(0, index).to(cdt);
+      index = at::Tensor();
+    }
+  } else {
+    x = x_in.to(cdt).contiguous();
+  }
+  const int64_t N = index.defined() ? index.size(0) : x.size(0);
   const at::Tensor target = check_target(op, target_in, N, C);
   const std::optional<at::Tensor> adj = check_adjustment(op, logit_adjustment, C, cdt);
-  const at::Tensor x = x_in.to(cdt).contiguous();
   const at::Tensor w = w_in.to(cdt).contiguous();
   const bool with_grad = compute_grad && reduction != 0;
   // compute_grad_x = false: features that do not require grad (a classifier trained on fixed
@@ -430,6 +492,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_
     const at::Tensor ws = wh * scale;  // logits = x_hat @ ws^T
     const at::Tensor wsT = ws.t();
     const T* xp = x.data_ptr<T>();
+    const int64_t* ip = index.defined() ? index.data_ptr<int64_t>() : nullptr;
     const T* ap = adj.has_value() ? adj->data_ptr<T>() : nullptr;
     const int64_t* tp = target.data_ptr<int64_t>();
     T* lossp = loss_rows.data_ptr<T>();
@@ -442,7 +505,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> cosine_cross_entropy_
       if (with_grad) part = at::zeros({C, d}, x.options());
       for (int64_t a = r0; a < r1; a += tl.R) {
         const int64_t rows = std::min(tl.R, r1 - a);
-        auto [xhs, zs] = s.load(xp, a, rows, d, teps);
+        auto [xhs, zs] = s.load(xp, ip, a, rows, d, teps);
         at::mm_out(zs, xhs, wsT);
         ce_forward_rows(zs.data_ptr<T>(), rows, C, ap, tp + a, ls, rw, with_grad, lsep + a,
                         lossp + a);
@@ -515,7 +578,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_cross_entropy_backward_cpu(
       at::Tensor part = at::zeros({C, d}, x.options());
       for (int64_t a = r0; a < r1; a += tl.R) {
         const int64_t rows = std::min(tl.R, r1 - a);
-        auto [xhs, zs] = s.load(xp, a, rows, d, teps);
+        auto [xhs, zs] = s.load(xp, nullptr, a, rows, d, teps);
         at::mm_out(zs, xhs, wsT);
         ce_backward_rows(zs.data_ptr<T>(), rows, C, ap, tp + a, lsep + a, gp + a, ls);
         at::Tensor gx = grad_x.narrow(0, a, rows);
@@ -558,7 +621,7 @@ std::tuple<at::Tensor, at::Tensor> cosine_topk_cpu(const at::Tensor& x_in, const
       std::vector<std::pair<T, int64_t>> queue(C);
       for (int64_t a = r0; a < r1; a += tl.R) {
         const int64_t rows = std::min(tl.R, r1 - a);
-        auto [xhs, zs] = s.load(xp, a, rows, d, teps);
+        auto [xhs, zs] = s.load(xp, nullptr, a, rows, d, teps);
         at::mm_out(zs, xhs, wsT);
         const T* zp = zs.data_ptr<T>();
         for (int64_t i = 0; i < rows; ++i) {
@@ -608,7 +671,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cosine_logit_mse_cpu(
       double acc = 0;
       for (int64_t a = r0; a < r1; a += tl.R) {
         const int64_t rows = std::min(tl.R, r1 - a);
-        auto [xhs, es] = s.load(xp, a, rows, d, teps);
+        auto [xhs, es] = s.load(xp, nullptr, a, rows, d, teps);
         at::mm_out(es, xhs, DT);
         acc += sumsq_scale(es.data_ptr<T>(), rows, C, compute_grad, coef);
         if (compute_grad) {  // the teacher is detached: x's gradient flows through Ws only

@@ -69,10 +69,12 @@ def _take_precomputed(ctx, g_loss):
 
 def ce_setup(ctx, inputs, output):
     x, w, target, adj, scale, eps, ls, reduction, compute_grad = inputs[:9]
+    rows = inputs[10] if len(inputs) > 10 else None  # the batch is x[rows] (optional 11th input)
     loss, lse, grad_x, grad_w = output
     ctx.reduction = reduction
     ctx.n_inputs = len(inputs)
-    ctx.x_numel = x.numel()
+    ctx.has_rows = rows is not None
+    ctx.x_numel = (rows.numel() if rows is not None else x.shape[0]) * x.shape[1]
     ctx.scale, ctx.eps, ctx.ls = scale, eps, ls
     ctx.has_adj = adj is not None
     if bool(compute_grad) and reduction != 0:
@@ -81,33 +83,38 @@ def ce_setup(ctx, inputs, output):
         ctx.set_materialize_grads(False)
     # Inputs cost nothing to save; they serve a second backward (retain_graph) or
     # compute_grad=False.
-    ctx.save_for_backward(x, w, target, adj if adj is not None else x.new_empty(0), lse)
+    ctx.save_for_backward(x, w, target, adj if adj is not None else x.new_empty(0), lse,
+                          rows if rows is not None else target.new_empty(0))
     ctx.mark_non_differentiable(lse, grad_x, grad_w)
 
 
 def ce_backward(ctx, g_loss, g_lse, g_gx, g_gw):
-    # one gradient slot per input of the forward (compute_grad_x, the 10th, is optional)
+    # one gradient slot per input of the forward (compute_grad_x and rows, the 10th and
+    # 11th, are optional)
     none = (None,) * ctx.n_inputs
     if g_loss is None:
         return none
     pre = _take_precomputed(ctx, g_loss)
     if pre is not None and ctx.needs_input_grad[0] and pre[0].numel() != ctx.x_numel:
         pre = None  # the forward skipped grad_x (compute_grad_x=False) yet x needs it: recompute
+    x, w, target, adj, lse, rows = ctx.saved_tensors
     if pre is not None:
         gx, gw = pre
     else:
-        x, w, target, adj, lse = ctx.saved_tensors
-        N = x.shape[0]
+        xb = x.index_select(0, rows) if ctx.has_rows else x
+        N = xb.shape[0]
         if ctx.reduction == 0:
-            rows = g_loss
+            per_row = g_loss
         elif ctx.reduction == 1:
-            rows = (g_loss / max(N, 1)).expand(N)
+            per_row = (g_loss / max(N, 1)).expand(N)
         else:
-            rows = g_loss.expand(N)
+            per_row = g_loss.expand(N)
         gx, gw = torch.ops.dfzsl_fast.cosine_cross_entropy_backward(
-            rows.contiguous(), x, w, target, adj if ctx.has_adj else None, lse,
+            per_row.contiguous(), xb, w, target, adj if ctx.has_adj else None, lse,
             ctx.scale, ctx.eps, ctx.ls,
         )
+    if ctx.has_rows and ctx.needs_input_grad[0]:  # the batch's rows back into x's shape
+        gx = torch.zeros_like(x).index_add_(0, rows, gx.to(x.dtype))
     return (
         gx if ctx.needs_input_grad[0] else None,
         gw if ctx.needs_input_grad[1] else None,

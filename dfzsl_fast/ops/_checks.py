@@ -26,6 +26,7 @@ __all__ = [
     "check_scale",
     "check_eps",
     "check_target",
+    "check_rows",
     "check_adjustment",
     "safe_rows",
     "compute_dtype",
@@ -211,6 +212,24 @@ def check_target(target, N: int, C: int, device, check_inputs: bool = True) -> t
         if lo < 0 or hi >= C:
             raise ValueError(f"target: expected class indices in [0, {C}), got range [{lo}, {hi}]")
     return target
+
+
+def check_rows(rows, n: int, device) -> torch.Tensor:
+    """(M,) int64 indices of rows of an (n, d) x, in [0, n), on `device` (M = 0 allowed)."""
+    if not isinstance(rows, torch.Tensor):
+        raise TypeError(f"rows: expected an int64 tensor of row indices, got {type(rows).__name__}")
+    if rows.dtype != torch.int64:
+        raise TypeError(f"rows: expected dtype torch.int64 (row indices), got {rows.dtype}")
+    if rows.dim() != 1:
+        raise ValueError(f"rows: expected shape (M,), got {tuple(rows.shape)}")
+    if rows.device != device:
+        raise ValueError(f"rows: expected device {device} (x's), got {rows.device}")
+    if rows.numel() and not is_tracing(rows):
+        # not optional, as for target: an index out of range would read outside x
+        lo, hi = (int(v) for v in torch.aminmax(rows))
+        if lo < 0 or hi >= n:
+            raise ValueError(f"rows: expected row indices of x in [0, {n}), got range [{lo}, {hi}]")
+    return rows
 
 
 def check_adjustment(adj, C: int, x: torch.Tensor, check_inputs: bool = True):

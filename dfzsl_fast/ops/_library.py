@@ -43,6 +43,9 @@ LIB.define(VMF_LOGIT_MSE)
 # compute_grad_x=False (cross-entropy only): the gradient in x is skipped and returned empty, for
 # a loss whose features do not require grad (a classifier trained on fixed features: one GEMM of
 # three, the normalisation backward and an (N, d) allocation saved per step).
+# rows (M,) int64 (cross-entropy only): the loss is that of the batch x[rows] (N = M above;
+# target, lse and grad_x are per batch row), which a kernel may read row by row instead of
+# gathering it first (the native CPU kernel does: a training step's batch is never copied).
 COSINE_LOGITS = "cosine_logits(Tensor x, Tensor w, float scale, float eps) -> Tensor"
 COSINE_LOGITS_BACKWARD = (
     "cosine_logits_backward(Tensor grad, Tensor x, Tensor w, float scale, float eps)"
@@ -52,7 +55,7 @@ COSINE_LOGITS_BACKWARD = (
 COSINE_CROSS_ENTROPY = (
     "cosine_cross_entropy(Tensor x, Tensor w, Tensor target, Tensor? logit_adjustment,"
     " float scale, float eps, float label_smoothing, int reduction, bool compute_grad,"
-    " bool compute_grad_x=True) -> (Tensor, Tensor, Tensor, Tensor)"
+    " bool compute_grad_x=True, Tensor? rows=None) -> (Tensor, Tensor, Tensor, Tensor)"
 )
 # grad_loss (N,): per-row weight of each row's loss.
 COSINE_CROSS_ENTROPY_BACKWARD = (

@@ -59,13 +59,13 @@ def _cosine_logits_backward_fake(grad, x, w, scale, eps):
 
 @torch.library.register_fake("dfzsl_fast::cosine_cross_entropy")
 def _ce_fake(x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
-             compute_grad_x=True):
+             compute_grad_x=True, rows=None):
     torch._check(x.dim() == 2 and w.dim() == 2, lambda: "cosine_cross_entropy: x (N, d), w (C, d)")
-    N = x.shape[0]
+    N = x.shape[0] if rows is None else rows.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     lse = x.new_empty(N)
     if compute_grad and reduction != 0:
-        gx = torch.empty_like(x) if compute_grad_x else kern.empty_grad(x, x.dtype)
+        gx = x.new_empty(N, x.shape[1]) if compute_grad_x else kern.empty_grad(x, x.dtype)
         return loss, lse, gx, torch.empty_like(w)
     return loss, lse, kern.empty_grad(x, x.dtype), kern.empty_grad(w, w.dtype)
 
@@ -209,6 +209,7 @@ def cosine_cross_entropy(
     backend: str | None = None,
     *,
     check_inputs: bool = True,
+    rows: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy of cosine logits without materialising the (N, C) logits.
 
@@ -230,11 +231,19 @@ def cosine_cross_entropy(
         backend: "auto", "native", "triton" or "torch".
         check_inputs: reject NaN/Inf inputs and rescale rows whose norm would overflow (one
             read of each input; one host sync on CUDA). False skips these value checks.
+        rows: optional (M,) int64 indices into x's rows: the loss is that of the batch
+            x[rows] (then target is (M,) and N = M above), as if called on
+            ``x.index_select(0, rows)``. A training loop's shuffled batch without the copy:
+            with check_inputs=False and a contiguous float32/float64 x, the native CPU kernel
+            reads the rows in place (other kernels gather them first; with check_inputs the
+            batch is gathered once and checked, never all of x). The indices are always
+            range-checked.
 
     Returns:
         () loss for "mean"/"sum", (N,) for "none", in x's dtype.
 
-    Differentiable: yes, in x and w (not in target or logit_adjustment).
+    Differentiable: yes, in x and w (not in target or logit_adjustment); with rows, x's
+    gradient is zero outside the batch (summed over repeated indices).
 
     Example:
         >>> x, w = torch.randn(64, 512, requires_grad=True), torch.randn(200, 512)
@@ -244,7 +253,7 @@ def cosine_cross_entropy(
     compute_grad = torch.is_grad_enabled() and (x.requires_grad or w.requires_grad)
     # fixed features (the usual classifier training): the forward skips the gradient in x
     args, fn = _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps,
-                        backend, check_inputs, compute_grad, x.requires_grad)
+                        backend, check_inputs, compute_grad, x.requires_grad, rows)
     return fn(*args)[0]
 
 
@@ -260,6 +269,7 @@ def cosine_cross_entropy_and_grad_w(
     backend: str | None = None,
     *,
     check_inputs: bool = True,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`cosine_cross_entropy` and its gradient in w, in one call, without autograd.
 
@@ -267,7 +277,8 @@ def cosine_cross_entropy_and_grad_w(
     weight gradient in its forward anyway, so recording a graph and running ``backward()``
     only adds per-step Python overhead (about 0.2 ms a step on the CPU, 5% of the AWA2-size
     classifier epoch). Same arguments, checks and kernels as `cosine_cross_entropy`; the
-    gradient in x is not computed.
+    gradient in x is not computed. With ``rows`` (and check_inputs=False) the batch is read
+    in place from x by the native CPU kernel: the loop need not gather it first.
 
     Returns:
         (loss, grad_w): the () loss ("mean" or "sum") and d loss / d w, (C, d), both detached,
@@ -287,18 +298,24 @@ def cosine_cross_entropy_and_grad_w(
     if reduction == "none":
         raise ValueError("reduction: expected 'mean' or 'sum' (a scalar loss), got 'none'")
     args, fn = _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps,
-                        backend, check_inputs, True, False)
+                        backend, check_inputs, True, False, rows)
     with torch.no_grad():  # no graph: the kernel returns the gradient
         loss, _, _, grad_w = fn(*args)
     return loss, grad_w
 
 
 def _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, eps, backend,
-             check_inputs, compute_grad, compute_grad_x):
+             check_inputs, compute_grad, compute_grad_x, rows):
     """The checked arguments of the cross-entropy kernel and the kernel the router picks."""
     _check_flag(check_inputs, "check_inputs")
+    if rows is not None:
+        _checks.check_pair(x, w)  # x's shape first: rows index it
+        rows = _checks.check_rows(rows, x.shape[0], x.device)
+        if check_inputs or not x.is_contiguous():
+            # the value checks read the batch (not all of x); a strided x would be copied whole
+            x, rows = x.index_select(0, rows), None
     x, w, eps = _prepare(x, w, eps, check_inputs)
-    N, C = x.shape[0], w.shape[0]
+    N, C = (x.shape[0] if rows is None else rows.shape[0]), w.shape[0]
     _checks.check_target(target, N, C, x.device, check_inputs)
     label_smoothing = _checks.check_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)
     if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
@@ -308,13 +325,14 @@ def _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, 
     # |z| <= |scale| + max|adj|; a row's loss <= 2 max|z| + log C (in x's dtype, summed over N
     # rows for "sum"); label smoothing sums C logits (in the compute dtype).
     cdt = _checks.compute_dtype(x.dtype)
-    rows = N if red == 2 else 1
+    summed = N if red == 2 else 1
     bound = min(
-        (_finfo_max(x.dtype) / (2 * max(rows, 1)) - math.log(C)) / 2,
+        (_finfo_max(x.dtype) / (2 * max(summed, 1)) - math.log(C)) / 2,
         _finfo_max(cdt) / (4 * (C + 2) * max(N, 1)),
     )
     scale = _checks.check_scale(scale, "scale", max(bound - adj_max, 0.0), x.dtype, "losses")
-    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad, compute_grad_x)
+    args = (x, w, target, adj, scale, eps, label_smoothing, red, compute_grad, compute_grad_x,
+            rows)
     _, fn = _backend.select("cosine_cross_entropy", x.device, x.dtype, backend)
     return args, fn
 

@@ -235,7 +235,7 @@ def train_final_classifier(
         dtype = features.dtype if features.dtype in (torch.float32, torch.float64) \
             else torch.float32
         device = features.device
-        x_all = features.detach().to(dtype)
+        x_all = features.detach().to(dtype).contiguous()  # the kernel reads rows in place
         y_all = labels.detach().to(device)
         counts = torch.bincount(y_all.cpu(), minlength=C)
     else:
@@ -243,17 +243,13 @@ def train_final_classifier(
         if dtype not in (torch.float32, torch.float64):
             dtype = torch.float32
 
-    # the in-memory batches are gathered into one reused buffer: a fresh (batch, d) tensor per
-    # step costs an allocation and its first-touch page faults, about as much as the gather
-    xbuf = torch.empty(min(batch_size, N), d, dtype=dtype, device=device) if rows is None \
-        else None
-
-    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # -> (x, labels, row index of the batch in x, or None when x is the batch)
         if rows is None:
-            xb = torch.index_select(x_all, 0, idx, out=xbuf[: idx.numel()])
-            return xb, y_all[idx]
+            # in memory: the kernel reads the batch's rows of x in place (`rows=`), no gather
+            return x_all, y_all[idx], idx
         xb, yb = rows.read(idx)  # the rows are located once for features and labels
-        return xb.to(device=device, dtype=dtype), yb.to(device)
+        return xb.to(device=device, dtype=dtype), yb.to(device), None
 
     def check_read(loss: torch.Tensor, xb: torch.Tensor) -> None:
         # Rows read from disk or a generator are checked per batch, through the loss: a NaN or
@@ -293,7 +289,7 @@ def train_final_classifier(
                 if world > 1:  # this rank's contiguous share of the batch
                     idx = idx[n_b * rank // world : n_b * (rank + 1) // world]
                 if idx.numel():
-                    xb, yb = batch(idx)
+                    xb, yb, at = batch(idx)
                     # over ranks: sum / (global batch size), so that the ranks' losses and
                     # gradients add up to the batch mean of one process. The fused kernel
                     # returns the prototypes' gradient with the loss: no graph, no backward().
@@ -309,6 +305,7 @@ def train_final_classifier(
                         # rows of this loop: no per-batch NaN scan (a host sync per step on a
                         # GPU); a diverged head is refused when the classifier is built from it
                         check_inputs=False,
+                        rows=at,
                     )
                     if rows is not None:
                         check_read(loss, xb)

@@ -100,8 +100,10 @@ def cosine_logits_backward(grad, x, w, scale, eps):
 
 def cosine_cross_entropy(
     x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
-    compute_grad_x=True,
+    compute_grad_x=True, rows=None,
 ):
+    if rows is not None:  # the batch x[rows]: gathered here (the native CPU kernel reads in place)
+        x = x.index_select(0, rows)
     N, d = x.shape
     C = w.shape[0]
     cdt = compute_dtype(x.dtype)

@@ -585,13 +585,17 @@ def cosine_cross_entropy_triton(
     reduction: int,
     compute_grad: bool,
     compute_grad_x: bool = True,
+    rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Triton kernel of `dfzsl_fast::cosine_cross_entropy` (see the module docstring).
 
     Returns (loss () or (N,), lse (N,), grad_x, grad_w): the gradients of the mean/sum loss when
     compute_grad and reduction != 0, else empty (0, d) tensors; grad_x is empty also when not
-    compute_grad_x (then the forward kernel runs without its gradient epilogue).
+    compute_grad_x (then the forward kernel runs without its gradient epilogue). rows: the
+    batch is x[rows], gathered before the kernels run.
     """
+    if rows is not None:
+        x = x.index_select(0, rows)
     _check(x, w, "cosine_cross_entropy_triton")
     torch._check(
         target.dim() == 1 and target.shape[0] == x.shape[0] and target.dtype == torch.int64,
@@ -687,13 +691,13 @@ def cosine_cross_entropy_triton(
 @cosine_cross_entropy_triton.register_fake
 def _cosine_cross_entropy_triton_fake(
     x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
-    compute_grad_x=True,
+    compute_grad_x=True, rows=None,
 ):
     _check(x, w, "cosine_cross_entropy_triton")
-    N = x.shape[0]
+    N = x.shape[0] if rows is None else rows.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     if compute_grad and reduction != 0:
-        gx = torch.empty_like(x) if compute_grad_x else _kern.empty_grad(x, x.dtype)
+        gx = x.new_empty(N, x.shape[1]) if compute_grad_x else _kern.empty_grad(x, x.dtype)
         return loss, x.new_empty(N), gx, torch.empty_like(w)
     return loss, x.new_empty(N), _kern.empty_grad(x, x.dtype), _kern.empty_grad(w, w.dtype)
 
