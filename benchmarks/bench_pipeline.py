@@ -23,11 +23,14 @@ classifier group):
   ours: `dfzsl_fast.pipeline.train_final_classifier(..., epochs=1)` (whole call: input checks,
   logit adjustment, head, Adam, the epoch; the checks are paid once per call, not per epoch).
   ours_loop: only the epoch loop of train_final_classifier, replicated with the same pieces
-  (`CosineClassifier` weight, fused Adam, batches gathered into one reused buffer,
-  `dfzsl_fast.cosine_cross_entropy_and_grad_w(..., logit_adjustment=adj, check_inputs=False)`:
-  the loss and the prototypes' gradient from one kernel call, no autograd graph and no gradient
-  in x; before 2026-12-05 22:20 UTC `cosine_cross_entropy` and `backward()`), i.e. what each of
-  the 100 epochs costs; checked equal to `ours` before timing.
+  (`CosineClassifier` weight, fused Adam,
+  `dfzsl_fast.cosine_cross_entropy_and_grad_w(x, ..., logit_adjustment=adj, check_inputs=False,
+  rows=idx)`: the loss and the prototypes' gradient from one kernel call that reads the batch's
+  rows in place, no autograd graph and no gradient in x; before 2026-12-05 22:20 UTC
+  `cosine_cross_entropy` and `backward()`, before 22:45 the batch gathered into one reused
+  buffer first), i.e. what each of the 100 epochs costs; checked equal to `ours` before timing.
+  ours_loop_gather (CPU, AWA2 size): the same loop with the batch gathered into one reused
+  buffer first (`index_select(out=)`, the loop before `rows=`); checked bitwise equal.
   ours_shards (CPU, AWA2 size): `train_final_classifier` reading its rows as the pipeline streams
   them (`generator.synthesis="shards"`): the unseen rows from float16 safetensors shards
   (`synthesize_to` of a vMF generator, memory-mapped `ShardRows`) behind the seen rows in
@@ -370,8 +373,9 @@ def eager_classifier_epoch(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATC
     return P.detach(), total / nb
 
 
-def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
-    """train_final_classifier's epoch loop alone (setup and input checks outside)."""
+def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH, gather=False):
+    """train_final_classifier's epoch loop alone (setup and input checks outside); gather=True:
+    each batch copied out of x first (the loop before `rows=`)."""
     N, C = x.shape[0], init.shape[0]
     adj = logit_adjustment(y, seen, unseen, C).to(device=x.device, dtype=x.dtype)
 
@@ -380,12 +384,17 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         opt = torch.optim.Adam(head.parameters(), lr=CLS_LR, betas=CLS_BETAS, fused=True)
         perm = torch.randperm(N, generator=torch.Generator().manual_seed(seed)).to(x.device)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
+        xbuf = torch.empty(min(batch_size, N), x.shape[1], dtype=x.dtype, device=x.device)
         nb = 0
         for s in range(0, N, batch_size):
             idx = perm[s : s + batch_size]
+            if gather:
+                xb, at = torch.index_select(x, 0, idx, out=xbuf[: idx.numel()]), None
+            else:
+                xb, at = x, idx
             loss, head.weight.grad = dfzsl_fast.cosine_cross_entropy_and_grad_w(
-                x, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
-                check_inputs=False, rows=idx,
+                xb, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
+                check_inputs=False, rows=at,
             )
             opt.step()
             total += loss
@@ -404,9 +413,9 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH):
         )
         for dev in testing.DEVICES
         for size in CLS_SIZES
-        for p in ("ours", "ours_loop", "ours_shards", "published")
-        # the feature-stream provider: CPU, AWA2 size
-        if p != "ours_shards" or (dev.type == "cpu" and size == "AWA2")
+        for p in ("ours", "ours_loop", "ours_loop_gather", "ours_shards", "published")
+        # the feature-stream and gathered-batch providers: CPU, AWA2 size
+        if p not in ("ours_shards", "ours_loop_gather") or (dev.type == "cpu" and size == "AWA2")
     ],
 )
 def test_final_classifier_epoch(benchmark, bench, device, provider, size, tmp_path):
@@ -473,6 +482,7 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size, tmp_pa
         return out
 
     loop_epoch = make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=batch)
+    gather_epoch = make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=batch, gather=True)
 
     ours_shards = None
     if provider == "ours_shards":
@@ -508,6 +518,11 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size, tmp_pa
         sync()
         return out
 
+    def ours_loop_gather():
+        out = gather_epoch()
+        sync()
+        return out
+
     # ---- correctness, once: the same epoch (same init, shuffling, prior) gives the same result
     adj_ours = logit_adjustment(y, seen, unseen, C)
     counts = torch.bincount(y.cpu(), minlength=C).double()
@@ -526,10 +541,15 @@ def test_final_classifier_epoch(benchmark, bench, device, provider, size, tmp_pa
         torch.testing.assert_close(w_loop, w_ours, rtol=0, atol=1e-6)
         assert abs(loss_loop - loss_ours) < 1e-6 * max(1.0, abs(loss_ours))
         del w_loop
+    if provider == "ours_loop_gather":  # the same arithmetic on the same rows: bitwise
+        w_g, loss_g = ours_loop_gather()
+        w_l, loss_l = ours_loop()
+        assert torch.equal(w_g, w_l) and loss_g == loss_l
+        del w_g, w_l
     del w_ours, w_pub
 
     fn = {"ours": ours, "ours_loop": ours_loop, "published": published,
-          "ours_shards": ours_shards}[provider]
+          "ours_shards": ours_shards, "ours_loop_gather": ours_loop_gather}[provider]
     _time_rounds(benchmark, bench, device, fn, is_smoke)
     bench.record_throughput(benchmark, N)
 
