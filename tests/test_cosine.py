@@ -689,14 +689,19 @@ def test_native_tiling_and_threads_do_not_change_results(monkeypatch, tile_rows,
             ),
         ]
 
-    base = run_all()
-    if tile_rows:  # "": the kernel's own tiling, at other thread counts
+    assert_same_at_other_tilings(monkeypatch, tile_rows, run_all, run_all())
+
+
+def assert_same_at_other_tilings(monkeypatch, tile_rows, run, base):
+    """run() at 1 and 3 threads, and with tile_rows rows a tile ("": the kernel's own tiling),
+    gives base to float64 rounding."""
+    if tile_rows:
         monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
     threads = torch.get_num_threads()
     try:
         for n in (1, 3):
             torch.set_num_threads(n)
-            for a, b in zip(run_all(), base, strict=False):
+            for a, b in zip(run(), base, strict=True):
                 torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
     finally:
         torch.set_num_threads(threads)
@@ -961,16 +966,7 @@ def test_native_rows_tiling_and_threads_do_not_change_results(monkeypatch, tile_
                 *ce(x[rows], w, t, adj, 4.0, 1e-12, 0.1, 0, False, False)[:2]]
     for a, b in zip(run(), gathered, strict=True):
         assert torch.equal(a, b)
-    if tile_rows:
-        monkeypatch.setenv("DFZSL_COSINE_TILE_ROWS", tile_rows)
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 3):
-            torch.set_num_threads(n)
-            for a, b in zip(run(), gathered, strict=True):
-                torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
-    finally:
-        torch.set_num_threads(threads)
+    assert_same_at_other_tilings(monkeypatch, tile_rows, run, gathered)
 
 
 @pytest.mark.parametrize("N", [0, 13])
