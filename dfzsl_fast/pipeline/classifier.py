@@ -245,9 +245,13 @@ def train_final_classifier(
 
     def batch(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         # -> (x, labels, row index of the batch in x, or None when x is the batch)
-        if rows is None:
-            # in memory: the kernel reads the batch's rows of x in place (`rows=`), no gather
+        if rows is None and device.type == "cpu":
+            # in memory: the native kernel reads the batch's rows of x in place (`rows=`)
             return x_all, y_all[idx], idx
+        if rows is None:
+            # elsewhere the kernels would gather anyway, and the index's range check would
+            # cost a second host sync a step
+            return x_all[idx], y_all[idx], None
         xb, yb = rows.read(idx)  # the rows are located once for features and labels
         return xb.to(device=device, dtype=dtype), yb.to(device), None
 
