@@ -390,8 +390,10 @@ def make_ours_loop(x, y, init, seen, unseen, seed=0, batch_size=CLS_BATCH, gathe
             idx = perm[s : s + batch_size]
             if gather:
                 xb, at = torch.index_select(x, 0, idx, out=xbuf[: idx.numel()]), None
-            else:
+            elif x.device.type == "cpu":  # as train_final_classifier: read in place on the CPU
                 xb, at = x, idx
+            else:
+                xb, at = x[idx], None
             loss, head.weight.grad = dfzsl_fast.cosine_cross_entropy_and_grad_w(
                 xb, head.weight.detach(), y[idx], head.scale, logit_adjustment=adj,
                 check_inputs=False, rows=at,

@@ -926,6 +926,50 @@ def test_rows_equal_the_gathered_batch_against_the_reference(shape, dtype, check
         close(gw, rgw, dtype)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rows_repeated_backward_and_the_recomputed_gradient(backend):
+    """retain_graph: the second backward recomputes (the backward op on x[rows]) and scatters;
+    a forward without precomputed gradients (compute_grad=False) takes the same path."""
+    need(backend)
+    x, w, _ = make(30, 6, 9)
+    rows = make_rows(30, 11)
+    t = torch.randint(0, 6, (11,))
+    loss = dfzsl_fast.cosine_cross_entropy(x, w, t, 5.0, backend=backend, rows=rows,
+                                           check_inputs=False)
+    first = torch.autograd.grad(loss, (x, w), retain_graph=True)
+    second = torch.autograd.grad(2 * loss, (x, w))
+    x64, w64 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    expect = torch.autograd.grad(ref.cosine_cross_entropy(x64[rows], w64, t, 5.0), (x64, w64))
+    for a, b, e in zip(first, second, expect, strict=True):
+        close(a, e, torch.float64)
+        close(b, 2 * e, torch.float64)
+    out = torch.ops.dfzsl_fast.cosine_cross_entropy(x, w, t, None, 5.0, 1e-12, 0.0, 1, False,
+                                                    True, rows)[0]
+    for a, e in zip(torch.autograd.grad(out, (x, w)), expect, strict=True):
+        close(a, e, torch.float64)
+
+
+def test_rows_contract_holds_under_fake_tensors():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        x, w = torch.empty(30, 9), torch.empty(6, 9)
+        t = torch.empty(11, dtype=torch.int64)
+        ce = torch.ops.dfzsl_fast.cosine_cross_entropy
+        loss, lse, gx, gw = ce(x, w, t, None, 5.0, 1e-12, 0.0, 0, True, True,
+                               torch.empty(11, dtype=torch.int64))
+        assert loss.shape == (11,) and lse.shape == (11,)
+        loss, lse, gx, gw = ce(x, w, t, None, 5.0, 1e-12, 0.0, 1, True, True,
+                               torch.empty(11, dtype=torch.int64))
+        assert loss.shape == () and gx.shape == (11, 9) and gw.shape == (6, 9)
+        with pytest.raises(RuntimeError, match="rows must be an"):
+            ce(x, w, t, None, 5.0, 1e-12, 0.0, 1, True, True, torch.empty(11, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="rows must be on x's device"):
+        torch.ops.dfzsl_fast.cosine_cross_entropy(
+            torch.randn(30, 9), torch.randn(6, 9), torch.zeros(11, dtype=torch.int64), None,
+            5.0, 1e-12, 0.0, 1, True, True, torch.empty(11, dtype=torch.int64, device="meta"))
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_rows_of_a_half_x_are_gathered_then_converted(dtype):
     need("native")
@@ -1003,7 +1047,7 @@ def test_rows_bad_inputs():
         ops.cosine_cross_entropy_and_grad_w(x, w, torch.randint(0, 5, (10,)), 7.0, rows=rows)
     bad = x.clone()
     bad[3, 0] = float("nan")
-    with pytest.raises(ValueError, match="x: row 1 contains NaN"):  # row 1 of the batch
+    with pytest.raises(ValueError, match=r"x\[rows\]: row 1 contains NaN"):  # the batch's row 1
         ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0, rows=rows)
     # a NaN outside the batch is not the batch's concern
     ops.cosine_cross_entropy_and_grad_w(bad, w, t, 7.0, rows=torch.tensor([0, 2, 9, 2]))

@@ -150,7 +150,8 @@ def test_ce_rows_is_the_gathered_batch(m, reduction):
     if m:
         rows[1] = rows[0]
     t = torch.randint(0, 37, (m,), device=DEVICE)
-    out = ce(x, w, t, adj, reduction, 0.2, backend="triton", rows=rows)
+    # check_inputs=False: rows reach the Triton op and its autograd (True gathers in Python)
+    out = ce(x, w, t, adj, reduction, 0.2, backend="triton", rows=rows, check_inputs=False)
     x64, w64 = as64(x, w)
     r = ref.cosine_cross_entropy(x64[rows], w64, t, SCALE, adj.double(), reduction, 0.2)
     close(out, r)

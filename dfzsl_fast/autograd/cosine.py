@@ -17,6 +17,7 @@ from ..reference.cosine_chunked import compute_dtype, mse_impl, normalize, norma
 __all__ = [
     "logits_setup",
     "logits_backward",
+    "check_rows_meta",
     "ce_setup",
     "ce_backward",
     "topk_setup",
@@ -65,6 +66,15 @@ def _take_precomputed(ctx, g_loss):
     if type(g_loss) is torch.Tensor and g_loss.device.type == "cpu" and bool(g_loss == 1):
         return grads
     return tuple(g * g_loss for g in grads)
+
+
+def check_rows_meta(rows, x, op: str) -> None:
+    """The shape, dtype and device contract of the cross-entropy's optional `rows`, for the fake
+    kernels (ops/ and triton/; the real kernels check it themselves)."""
+    if rows is not None:
+        torch._check(rows.dim() == 1 and rows.dtype == torch.int64,
+                     lambda: f"{op}: rows must be an (M,) int64 tensor")
+        torch._check(rows.device == x.device, lambda: f"{op}: rows must be on x's device")
 
 
 def ce_setup(ctx, inputs, output):

@@ -5,7 +5,8 @@ Ops (schemas in `ops/_library.py`):
 - `dfzsl_fast::cosine_logits(x, w, scale, eps) -> logits` and its backward op
   `cosine_logits_backward(grad, x, w, scale, eps) -> (grad_x, grad_w)`;
 - `dfzsl_fast::cosine_cross_entropy(x, w, target, logit_adjustment, scale, eps, label_smoothing,
-  reduction, compute_grad) -> (loss, lse, grad_x, grad_w)` and `cosine_cross_entropy_backward`;
+  reduction, compute_grad, compute_grad_x=True, rows=None) -> (loss, lse, grad_x, grad_w)` (the
+  loss of the batch x[rows] when rows is given) and `cosine_cross_entropy_backward`;
 - `dfzsl_fast::cosine_topk(x, w, k, scale, eps) -> (scores, indices)`;
 - `dfzsl_fast::cosine_logit_mse(x, w_student, w_teacher, scale_s, scale_t, eps, compute_grad)
   -> (loss, grad_x, grad_w_student)`.
@@ -61,6 +62,7 @@ def _cosine_logits_backward_fake(grad, x, w, scale, eps):
 def _ce_fake(x, w, target, logit_adjustment, scale, eps, label_smoothing, reduction, compute_grad,
              compute_grad_x=True, rows=None):
     torch._check(x.dim() == 2 and w.dim() == 2, lambda: "cosine_cross_entropy: x (N, d), w (C, d)")
+    ag.check_rows_meta(rows, x, "cosine_cross_entropy")
     N = x.shape[0] if rows is None else rows.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     lse = x.new_empty(N)
@@ -139,11 +141,11 @@ def _finfo_max(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).max)
 
 
-def _prepare(x, w, eps, check_inputs, wname="w"):
+def _prepare(x, w, eps, check_inputs, wname="w", xname="x"):
     """Shared checks of x and w; returns (x, w, eps) with overflow-safe rows."""
     _checks.check_pair(x, w, wname)
     eps = _checks.check_eps(eps, x.dtype, x.shape[1])
-    x = _checks.safe_rows(x, "x", check_inputs)
+    x = _checks.safe_rows(x, xname, check_inputs)
     w = _checks.safe_rows(w, wname, check_inputs)
     return x, w, eps
 
@@ -235,9 +237,10 @@ def cosine_cross_entropy(
             x[rows] (then target is (M,) and N = M above), as if called on
             ``x.index_select(0, rows)``. A training loop's shuffled batch without the copy:
             with check_inputs=False and a contiguous float32/float64 x, the native CPU kernel
-            reads the rows in place (other kernels gather them first; with check_inputs the
-            batch is gathered once and checked, never all of x). The indices are always
-            range-checked.
+            reads the rows in place (the other kernels, and the native one on a half x, gather
+            them first; with check_inputs the batch is gathered once and checked, never all of
+            x). The indices are always range-checked (one host sync on CUDA, even with
+            check_inputs=False).
 
     Returns:
         () loss for "mean"/"sum", (N,) for "none", in x's dtype.
@@ -277,8 +280,9 @@ def cosine_cross_entropy_and_grad_w(
     weight gradient in its forward anyway, so recording a graph and running ``backward()``
     only adds per-step Python overhead (about 0.2 ms a step on the CPU, 5% of the AWA2-size
     classifier epoch). Same arguments, checks and kernels as `cosine_cross_entropy`; the
-    gradient in x is not computed. With ``rows`` (and check_inputs=False) the batch is read
-    in place from x by the native CPU kernel: the loop need not gather it first.
+    gradient in x is not computed. With ``rows`` (and check_inputs=False) the native CPU
+    kernel reads the batch in place from a contiguous float32/float64 x: the loop need not
+    gather it first (see `cosine_cross_entropy`).
 
     Returns:
         (loss, grad_w): the () loss ("mean" or "sum") and d loss / d w, (C, d), both detached,
@@ -308,13 +312,14 @@ def _ce_call(x, w, target, scale, logit_adjustment, reduction, label_smoothing, 
              check_inputs, compute_grad, compute_grad_x, rows):
     """The checked arguments of the cross-entropy kernel and the kernel the router picks."""
     _check_flag(check_inputs, "check_inputs")
+    xname = "x"
     if rows is not None:
         _checks.check_pair(x, w)  # x's shape first: rows index it
         rows = _checks.check_rows(rows, x.shape[0], x.device)
         if check_inputs or not x.is_contiguous():
             # the value checks read the batch (not all of x); a strided x would be copied whole
-            x, rows = x.index_select(0, rows), None
-    x, w, eps = _prepare(x, w, eps, check_inputs)
+            x, rows, xname = x.index_select(0, rows), None, "x[rows]"
+    x, w, eps = _prepare(x, w, eps, check_inputs, xname=xname)
     N, C = (x.shape[0] if rows is None else rows.shape[0]), w.shape[0]
     _checks.check_target(target, N, C, x.device, check_inputs)
     label_smoothing = _checks.check_float(label_smoothing, "label_smoothing", low=0.0, high=1.0)

@@ -235,7 +235,9 @@ def train_final_classifier(
         dtype = features.dtype if features.dtype in (torch.float32, torch.float64) \
             else torch.float32
         device = features.device
-        x_all = features.detach().to(dtype).contiguous()  # the kernel reads rows in place
+        x_all = features.detach().to(dtype)
+        if device.type == "cpu":  # the native kernel reads its batches' rows in place
+            x_all = x_all.contiguous()
         y_all = labels.detach().to(device)
         counts = torch.bincount(y_all.cpu(), minlength=C)
     else:

@@ -4,7 +4,8 @@ Custom ops, same signatures and outputs as their dispatcher counterparts in ops/
 
     dfzsl_fast::cosine_logits_triton(x, w, scale, eps) -> logits
     dfzsl_fast::cosine_cross_entropy_triton(x, w, target, logit_adjustment, scale, eps,
-        label_smoothing, reduction, compute_grad) -> (loss, lse, grad_x, grad_w)
+        label_smoothing, reduction, compute_grad, compute_grad_x=True, rows=None)
+        -> (loss, lse, grad_x, grad_w)
     dfzsl_fast::cosine_topk_triton(x, w, k, scale, eps) -> (scores, indices)   (k <= MAX_TOPK)
 
 Each has a fake kernel and reuses the autograd formula of ops/cosine.py (`_logits_backward`,
@@ -694,6 +695,7 @@ def _cosine_cross_entropy_triton_fake(
     compute_grad_x=True, rows=None,
 ):
     _check(x, w, "cosine_cross_entropy_triton")
+    ag.check_rows_meta(rows, x, "cosine_cross_entropy_triton")
     N = x.shape[0] if rows is None else rows.shape[0]
     loss = x.new_empty(N) if reduction == 0 else x.new_empty(())
     if compute_grad and reduction != 0:
