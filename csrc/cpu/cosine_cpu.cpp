@@ -47,29 +47,22 @@ namespace cpu {
 #endif
 
 // ------------------------------------------------------------------ row blocks (AVX2 clones)
+// Row i of the block is x's row i, or x's row idx[i] when idx is given (a batch read in place,
+// never copied out of x first); out may be null (norms only).
 template <typename T>
-static inline void normalize_rows_t(const T* x, int64_t rows, int64_t d, T eps, T* out, T* denom,
-                                    uint8_t* mask) {
-  for (int64_t i = 0; i < rows; ++i) {
-    denom[i] = detail::normalize_row(x + i * d, d, eps, out == nullptr ? nullptr : out + i * d,
-                                     mask + i);
-  }
-}
-
-// The same for rows idx[0..rows) of x (a batch gathered on the fly: never copied out first).
-template <typename T>
-static inline void normalize_rows_at_t(const T* x, const int64_t* idx, int64_t rows, int64_t d,
-                                       T eps, T* out, T* denom, uint8_t* mask) {
-  // Rows at random places: the hardware prefetcher cannot see the next one coming, so its
-  // cache lines are requested while this one is normalised.
+static inline void normalize_rows_t(const T* x, const int64_t* idx, int64_t rows, int64_t d,
+                                    T eps, T* out, T* denom, uint8_t* mask) {
+  // Indexed rows lie at random places: the hardware prefetcher cannot see the next one coming,
+  // so its cache lines are requested while this one is normalised.
   constexpr int64_t kAhead = 2;
   const int64_t line = 64 / static_cast<int64_t>(sizeof(T));
   for (int64_t i = 0; i < rows; ++i) {
-    if (i + kAhead < rows) {
+    if (idx != nullptr && i + kAhead < rows) {
       const T* nxt = x + idx[i + kAhead] * d;
       for (int64_t k = 0; k < d; k += line) __builtin_prefetch(nxt + k, 0, 3);
     }
-    denom[i] = detail::normalize_row(x + idx[i] * d, d, eps, out + i * d, mask + i);
+    const T* r = x + (idx != nullptr ? idx[i] : i) * d;
+    denom[i] = detail::normalize_row(r, d, eps, out == nullptr ? nullptr : out + i * d, mask + i);
   }
 }
 
@@ -115,13 +108,9 @@ static inline double sumsq_scale_t(T* e, int64_t rows, int64_t C, bool scale, T 
 // Non-template entry points, so that target_clones can compile an AVX2+FMA variant of each.
 #define DFZSL_COSINE_PAIR(T, SUFFIX)                                                              \
   DFZSL_COSINE_CLONES static void normalize_rows_##SUFFIX(                                        \
-      const T* x, int64_t rows, int64_t d, T eps, T* out, T* denom, uint8_t* mask) {              \
-    normalize_rows_t<T>(x, rows, d, eps, out, denom, mask);                                       \
-  }                                                                                               \
-  DFZSL_COSINE_CLONES static void normalize_rows_at_##SUFFIX(                                     \
       const T* x, const int64_t* idx, int64_t rows, int64_t d, T eps, T* out, T* denom,           \
       uint8_t* mask) {                                                                            \
-    normalize_rows_at_t<T>(x, idx, rows, d, eps, out, denom, mask);                               \
+    normalize_rows_t<T>(x, idx, rows, d, eps, out, denom, mask);                                  \
   }                                                                                               \
   DFZSL_COSINE_CLONES static void normalize_backward_rows_##SUFFIX(                               \
       T* g, const T* rh, const T* denom, const uint8_t* mask, int64_t rows, int64_t d) {          \
@@ -143,12 +132,8 @@ static inline double sumsq_scale_t(T* e, int64_t rows, int64_t C, bool scale, T 
     return sumsq_scale_t<T>(e, rows, C, scale, coef);                                             \
   }                                                                                               \
   static inline void normalize_rows(const T* x, int64_t rows, int64_t d, T eps, T* out,           \
-                                    T* denom, uint8_t* mask) {                                    \
-    normalize_rows_##SUFFIX(x, rows, d, eps, out, denom, mask);                                   \
-  }                                                                                               \
-  static inline void normalize_rows_at(const T* x, const int64_t* idx, int64_t rows, int64_t d,   \
-                                       T eps, T* out, T* denom, uint8_t* mask) {                  \
-    normalize_rows_at_##SUFFIX(x, idx, rows, d, eps, out, denom, mask);                           \
+                                    T* denom, uint8_t* mask, const int64_t* idx = nullptr) {      \
+    normalize_rows_##SUFFIX(x, idx, rows, d, eps, out, denom, mask);                              \
   }                                                                                               \
   static inline void normalize_backward_rows(T* g, const T* rh, const T* denom,                   \
                                              const uint8_t* mask, int64_t rows, int64_t d) {      \
@@ -282,11 +267,8 @@ struct Scratch {
   // when idx is given; returns (x_hat tile, logits tile) views.
   std::pair<at::Tensor, at::Tensor> load(const T* x, const int64_t* idx, int64_t a, int64_t rows,
                                          int64_t d, T eps) {
-    if (idx != nullptr) {
-      normalize_rows_at(x, idx + a, rows, d, eps, xh.data_ptr<T>(), denom.data(), mask.data());
-    } else {
-      normalize_rows(x + a * d, rows, d, eps, xh.data_ptr<T>(), denom.data(), mask.data());
-    }
+    normalize_rows(idx != nullptr ? x : x + a * d, rows, d, eps, xh.data_ptr<T>(), denom.data(),
+                   mask.data(), idx != nullptr ? idx + a : nullptr);
     return {xh.narrow(0, 0, rows), z.narrow(0, 0, rows)};
   }
 };
@@ -312,18 +294,25 @@ static void check_pair(const char* op, const at::Tensor& x, const at::Tensor& w,
               " (CPU kernel): expected CPU tensors, got ", x.device(), " and ", w.device());
 }
 
+// Every entry of a 1-D int64 CPU index in [0, n) (it addresses memory: never optional); the
+// index, contiguous.
+static at::Tensor check_index_range(const char* op, const char* name, const at::Tensor& index,
+                                    int64_t n) {
+  at::Tensor t = index.contiguous();
+  const int64_t* tp = t.data_ptr<int64_t>();
+  for (int64_t i = 0; i < t.size(0); ++i) {
+    TORCH_CHECK(tp[i] >= 0 && tp[i] < n, op, ": expected ", name, " in [0, ", n, "), got ", name,
+                "[", i, "] = ", tp[i]);
+  }
+  return t;
+}
+
 static at::Tensor check_target(const char* op, const at::Tensor& target, int64_t N, int64_t C) {
   TORCH_CHECK(target.scalar_type() == at::kLong && target.dim() == 1 && target.size(0) == N, op,
               ": expected target (", N, ",) int64, got ", target.sizes(), " ",
               target.scalar_type());
   TORCH_CHECK(target.device().is_cpu(), op, " (CPU kernel): expected target on the CPU");
-  at::Tensor t = target.contiguous();
-  const int64_t* tp = t.data_ptr<int64_t>();
-  for (int64_t i = 0; i < N; ++i) {
-    TORCH_CHECK(tp[i] >= 0 && tp[i] < C, op, ": expected target in [0, ", C, "), got target[", i,
-                "] = ", tp[i]);
-  }
-  return t;
+  return check_index_range(op, "target", target, C);
 }
 
 static std::optional<at::Tensor> check_adjustment(const char* op,
@@ -352,13 +341,7 @@ static at::Tensor check_row_index(const char* op, const at::Tensor& rows, int64_
   TORCH_CHECK(rows.dim() == 1 && rows.scalar_type() == at::kLong && rows.device().is_cpu(), op,
               ": expected rows a (M,) int64 CPU tensor, got ", rows.sizes(), " ",
               rows.scalar_type(), " on ", rows.device());
-  at::Tensor r = rows.contiguous();
-  const int64_t* rp = r.data_ptr<int64_t>();
-  for (int64_t i = 0; i < r.size(0); ++i) {
-    TORCH_CHECK(rp[i] >= 0 && rp[i] < n, op, ": expected rows in [0, ", n,
-                ") (rows of x), got rows[", i, "] = ", rp[i]);
-  }
-  return r;
+  return check_index_range(op, "rows", rows, n);
 }
 
 static at::Tensor empty_grad(const at::Tensor& t) { return at::empty({0, t.size(1)}, t.options()); }
